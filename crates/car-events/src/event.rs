@@ -1,0 +1,485 @@
+//! The event vocabulary: everything the daemon ever records, in the past tense.
+//!
+//! # Frozen shapes
+//! Events are stored forever, and the binary codec (bincode) identifies enum variants by
+//! their position and struct fields by their order. Therefore:
+//! - never reorder, remove or rename-in-place a variant of any enum here;
+//! - never add, remove or reorder a field of a shipped payload struct;
+//! - new facts get **new variants appended at the end** (or a new payload with a new
+//!   variant), and the golden fixtures in `tests/fixtures/` must keep decoding.
+//!
+//! The `#[serde(rename)]`s only affect the human-readable rendering (`kind` names in the
+//! `{seq, ts, kind, data}` JSON), which is part of the contract of `log.read`, `log.event`
+//! and `car-replay`, so they are frozen too.
+//!
+//! No `skip_serializing_if`, `flatten`, `tag` or `untagged` may appear here: bincode cannot
+//! round-trip them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::json_text::JsonText;
+
+/// A session's role, fixed by `session.auth` (see PROTOCOL.md §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The daemon token.
+    Client,
+    /// The daemon token bound to an `agent_id`.
+    Agent,
+    /// The host token.
+    Host,
+}
+
+impl Role {
+    /// The wire name of the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Agent => "agent",
+            Role::Host => "host",
+        }
+    }
+}
+
+/// Why a run ended without an outcome (PROTOCOL.md §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncompleteReason {
+    /// Its owner left and the grace period expired.
+    Disconnected,
+    /// Found unfinished at start-up after a crash.
+    DaemonRestart,
+    /// The daemon stopped while it ran.
+    DaemonShutdown,
+}
+
+impl IncompleteReason {
+    /// The wire name of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncompleteReason::Disconnected => "disconnected",
+            IncompleteReason::DaemonRestart => "daemon_restart",
+            IncompleteReason::DaemonShutdown => "daemon_shutdown",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Termination {
+    /// `runs.complete` with the client's outcome object (`{status, summary?, …}`).
+    Outcome {
+        /// The outcome exactly as the client sent it.
+        outcome: JsonText,
+    },
+    /// Ended by the daemon without an outcome.
+    Incomplete {
+        /// Why.
+        reason: IncompleteReason,
+    },
+}
+
+/// Why retention removed a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictionReason {
+    /// Ended longer ago than the retention window.
+    Age,
+    /// Among the oldest ended runs beyond the maximum run count.
+    Count,
+}
+
+/// What a subscription follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionTarget {
+    /// `runs.subscribe`: one run's trace, from turn `cursor` on.
+    Run {
+        /// The run followed.
+        run_id: String,
+        /// The first turn index the subscriber asked for.
+        cursor: u32,
+    },
+    /// `log.subscribe`: the raw log from `from_seq` on.
+    Log {
+        /// The first seq delivered.
+        from_seq: u64,
+    },
+    /// `host.subscribe`: the host feed.
+    Host,
+}
+
+/// The daemon process started and owns the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStarted {
+    /// `car-server` version.
+    pub version: String,
+    /// OS process id.
+    pub pid: u32,
+    /// The data directory, as given.
+    pub data_dir: String,
+    /// The address it listens on.
+    pub listen: String,
+}
+
+/// Start-up recovery finished; counts of what it did (the events themselves precede it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonRecovered {
+    /// Events replayed to rebuild the state.
+    pub events_replayed: u64,
+    /// Runs found in progress and ended `incomplete`/`daemon_restart`.
+    pub runs_adopted: u32,
+    /// Sessions found open and closed.
+    pub sessions_closed: u32,
+    /// Pending approvals expired.
+    pub approvals_expired: u32,
+    /// Subscriptions found open and closed.
+    pub subscriptions_closed: u32,
+    /// Tool calls found in flight and cancelled.
+    pub tool_calls_cancelled: u32,
+    /// Runs evicted by retention.
+    pub runs_evicted: u32,
+}
+
+/// The daemon stopped cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStopped {
+    /// Why (`"signal"`, …).
+    pub reason: String,
+}
+
+/// A WebSocket connection was accepted: one connection is one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOpened {
+    /// The session's id (`session_id` on the wire, `client_id` in the host feed).
+    pub client_id: String,
+    /// The peer address.
+    pub peer: String,
+    /// Set at once when auth is disabled; otherwise `None` until [`SessionAuthenticated`].
+    pub role: Option<Role>,
+    /// The bound agent, when known at open.
+    pub agent_id: Option<String>,
+}
+
+/// `session.auth` succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionAuthenticated {
+    /// The session.
+    pub client_id: String,
+    /// Its role from now on.
+    pub role: Role,
+    /// The agent identity it is bound to (role `agent`).
+    pub agent_id: Option<String>,
+}
+
+/// A session ended (close, error, timeout, shutdown, or found open at recovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClosed {
+    /// The session.
+    pub client_id: String,
+    /// Why (`"closed"`, `"timeout"`, `"daemon_restart"`, …).
+    pub reason: String,
+}
+
+/// `runs.start` created a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStarted {
+    /// The run id (a UUID or the idempotency key).
+    pub run_id: String,
+    /// The resolved agent id.
+    pub agent_id: String,
+    /// The session that started it (its first owner).
+    pub client_id: Option<String>,
+    /// What the run is for.
+    pub intent: String,
+    /// The client's description of a good outcome.
+    pub outcome_description: Option<String>,
+    /// The idempotency key, when the client gave one.
+    pub idempotency_key: Option<String>,
+}
+
+/// Turns appended to a run, indices `base_index .. base_index + turns.len()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnsRecorded {
+    /// The run.
+    pub run_id: String,
+    /// Index of the first turn of this batch.
+    pub base_index: u32,
+    /// Each turn as the JSON object the client sent, after truncation, without `index`,
+    /// `record` and `recorded_at` (those are the daemon's: the index from `base_index`, the
+    /// time from the envelope) and with `verifier_verdict`/`policy_rejected` defaulted.
+    pub turns: Vec<JsonText>,
+}
+
+/// A run reached its terminal state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnded {
+    /// The run.
+    pub run_id: String,
+    /// How it ended.
+    pub termination: Termination,
+}
+
+/// Retention removed a run from every read; its events stay in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvicted {
+    /// The run.
+    pub run_id: String,
+    /// Which retention rule.
+    pub reason: EvictionReason,
+}
+
+/// The daemon sent `tools.execute` to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallDispatched {
+    /// The JSON-RPC id of the request (correlates the reply).
+    pub request_id: String,
+    /// The session asked to run the tool.
+    pub client_id: String,
+    /// The proposal the action belongs to.
+    pub proposal_id: String,
+    /// The action.
+    pub action_id: String,
+    /// The tool.
+    pub tool: String,
+    /// The action's parameters.
+    pub parameters: JsonText,
+    /// 1 for the first attempt, +1 per retry.
+    pub attempt: u32,
+    /// How long the daemon waits for the reply.
+    pub timeout_ms: u64,
+    /// The session's current run, if any: the finished action becomes one of its turns.
+    pub run_id: Option<String>,
+}
+
+/// The client answered a tool call with a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallCompleted {
+    /// The call.
+    pub request_id: String,
+    /// The result.
+    pub output: JsonText,
+    /// Time from dispatch to reply, measured by the daemon.
+    pub elapsed_ms: u64,
+}
+
+/// The client answered a tool call with an error (or an `{"error": …}` result).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallFailed {
+    /// The call.
+    pub request_id: String,
+    /// The error message.
+    pub error: String,
+    /// Time from dispatch to reply, measured by the daemon.
+    pub elapsed_ms: u64,
+}
+
+/// No reply came before the deadline; `tools.cancel` was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallTimedOut {
+    /// The call.
+    pub request_id: String,
+    /// The deadline that passed.
+    pub elapsed_ms: u64,
+}
+
+/// The call was abandoned without a reply (the client left, the daemon stopped or restarted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallCancelled {
+    /// The call.
+    pub request_id: String,
+    /// Why (`"disconnected"`, `"daemon_shutdown"`, `"daemon_restart"`).
+    pub reason: String,
+}
+
+/// An approval was requested (by a client, or by the gate for a gated method or tool).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequested {
+    /// The approval id.
+    pub approval_id: String,
+    /// The requesting session (it may never resolve its own request).
+    pub client_id: Option<String>,
+    /// The agent it concerns.
+    pub agent_id: Option<String>,
+    /// What is to be approved.
+    pub action: String,
+    /// Free-form details.
+    pub details: JsonText,
+    /// The allowed resolutions; the first one approves.
+    pub options: Vec<String>,
+    /// Whether any session other than the requester may resolve it.
+    pub system_level: bool,
+}
+
+/// An approval got its (first and only) resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalResolved {
+    /// The approval.
+    pub approval_id: String,
+    /// One of its options.
+    pub resolution: String,
+    /// The session that resolved it.
+    pub client_id: Option<String>,
+}
+
+/// A pending approval expired (gate timeout, or found pending at recovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalExpired {
+    /// The approval.
+    pub approval_id: String,
+    /// Why (`"timeout"`, `"daemon_restart"`).
+    pub reason: String,
+}
+
+/// A live subscription began; its snapshot is the state at this event's seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionOpened {
+    /// The subscription id.
+    pub subscription_id: String,
+    /// The subscribing session.
+    pub client_id: String,
+    /// What it follows.
+    pub target: SubscriptionTarget,
+}
+
+/// A live subscription ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionClosed {
+    /// The subscription.
+    pub subscription_id: String,
+    /// Why (`"unsubscribed"`, `"disconnected"`, `"daemon_restart"`, …).
+    pub reason: String,
+}
+
+/// `proposal.submit` was accepted; its actions follow as tool-call events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalSubmitted {
+    /// The proposal id.
+    pub proposal_id: String,
+    /// The submitting session.
+    pub client_id: String,
+    /// The session's current run, if any.
+    pub run_id: Option<String>,
+    /// The action ids, in order.
+    pub action_ids: Vec<String>,
+}
+
+/// A proposal finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalFinished {
+    /// The proposal.
+    pub proposal_id: String,
+    /// `"completed"` or `"failed"`.
+    pub final_state: String,
+}
+
+macro_rules! events {
+    ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
+        /// Every fact the daemon records. Variant order is frozen (see the module docs).
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Event {
+            $( $(#[$doc])* #[serde(rename = $kind)] $variant($payload), )*
+        }
+
+        impl Event {
+            /// Every event kind name, in variant order.
+            pub const KINDS: &'static [&'static str] = &[$($kind),*];
+
+            /// The stable kind name (`"run.started"`, …) used in the JSON rendering.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $( Event::$variant(_) => $kind, )*
+                }
+            }
+        }
+
+        $(
+            impl From<$payload> for Event {
+                fn from(payload: $payload) -> Self {
+                    Event::$variant(payload)
+                }
+            }
+        )*
+    };
+}
+
+events! {
+    /// The daemon started.
+    DaemonStarted(DaemonStarted) = "daemon.started",
+    /// Start-up recovery finished.
+    DaemonRecovered(DaemonRecovered) = "daemon.recovered",
+    /// The daemon stopped cleanly.
+    DaemonStopped(DaemonStopped) = "daemon.stopped",
+    /// A connection was accepted.
+    SessionOpened(SessionOpened) = "session.opened",
+    /// A session authenticated.
+    SessionAuthenticated(SessionAuthenticated) = "session.authenticated",
+    /// A session ended.
+    SessionClosed(SessionClosed) = "session.closed",
+    /// A run started.
+    RunStarted(RunStarted) = "run.started",
+    /// Turns were appended to a run.
+    TurnsRecorded(TurnsRecorded) = "run.turns_recorded",
+    /// A run ended.
+    RunEnded(RunEnded) = "run.ended",
+    /// A run was evicted by retention.
+    RunEvicted(RunEvicted) = "run.evicted",
+    /// A tool call was sent to a client.
+    ToolCallDispatched(ToolCallDispatched) = "tool_call.dispatched",
+    /// A tool call returned a result.
+    ToolCallCompleted(ToolCallCompleted) = "tool_call.completed",
+    /// A tool call returned an error.
+    ToolCallFailed(ToolCallFailed) = "tool_call.failed",
+    /// A tool call got no reply in time.
+    ToolCallTimedOut(ToolCallTimedOut) = "tool_call.timed_out",
+    /// A tool call was abandoned.
+    ToolCallCancelled(ToolCallCancelled) = "tool_call.cancelled",
+    /// An approval was requested.
+    ApprovalRequested(ApprovalRequested) = "approval.requested",
+    /// An approval was resolved.
+    ApprovalResolved(ApprovalResolved) = "approval.resolved",
+    /// An approval expired.
+    ApprovalExpired(ApprovalExpired) = "approval.expired",
+    /// A subscription began.
+    SubscriptionOpened(SubscriptionOpened) = "subscription.opened",
+    /// A subscription ended.
+    SubscriptionClosed(SubscriptionClosed) = "subscription.closed",
+    /// A proposal was accepted.
+    ProposalSubmitted(ProposalSubmitted) = "proposal.submitted",
+    /// A proposal finished.
+    ProposalFinished(ProposalFinished) = "proposal.finished",
+}
+
+impl Event {
+    /// The run this event belongs to, for events that belong to exactly one run by their
+    /// own fields. (Tool calls and approvals are tied to runs through the projection.)
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Event::RunStarted(e) => Some(&e.run_id),
+            Event::TurnsRecorded(e) => Some(&e.run_id),
+            Event::RunEnded(e) => Some(&e.run_id),
+            Event::RunEvicted(e) => Some(&e.run_id),
+            Event::ToolCallDispatched(e) => e.run_id.as_deref(),
+            Event::ProposalSubmitted(e) => e.run_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The session this event names, if any.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Event::SessionOpened(e) => Some(&e.client_id),
+            Event::SessionAuthenticated(e) => Some(&e.client_id),
+            Event::SessionClosed(e) => Some(&e.client_id),
+            Event::RunStarted(e) => e.client_id.as_deref(),
+            Event::ToolCallDispatched(e) => Some(&e.client_id),
+            Event::ApprovalRequested(e) => e.client_id.as_deref(),
+            Event::ApprovalResolved(e) => e.client_id.as_deref(),
+            Event::SubscriptionOpened(e) => Some(&e.client_id),
+            Event::ProposalSubmitted(e) => Some(&e.client_id),
+            _ => None,
+        }
+    }
+}

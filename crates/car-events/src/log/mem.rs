@@ -1,0 +1,127 @@
+//! [`MemLog`]: the event log in memory, for tests of everything above the storage.
+//!
+//! It stores encoded records, not envelopes, so the codec runs on every append and read
+//! exactly as with sled, and tests can damage a record to exercise corruption handling.
+//! [`MemLog::fail_next_appends`] makes appends fail like a full disk.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use super::{EventLog, LogError, LogIter, check_sequence};
+use crate::codec;
+use crate::envelope::{Envelope, Seq, SeqRange};
+
+/// Records shared by every handle on one in-memory log (`records[i]` is seq `i + 1`).
+type Records = Arc<RwLock<Vec<Arc<Vec<u8>>>>>;
+
+/// An in-memory event log.
+#[derive(Debug)]
+pub struct MemLog {
+    records: Records,
+    head: watch::Sender<Seq>,
+    failures_pending: AtomicU32,
+}
+
+impl Default for MemLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::over(Records::default())
+    }
+
+    fn over(records: Records) -> Self {
+        let head = records.read().len() as Seq;
+        Self {
+            records,
+            head: watch::Sender::new(head),
+            failures_pending: AtomicU32::new(0),
+        }
+    }
+
+    /// A fresh handle on the same records, as if the process restarted and reopened the
+    /// log. (Everything appended is durable in memory.) Use one handle at a time.
+    pub fn reopen(&self) -> Self {
+        Self::over(self.records.clone())
+    }
+
+    /// Makes the next `n` appends fail with an I/O error, appending nothing.
+    pub fn fail_next_appends(&self, n: u32) {
+        self.failures_pending.store(n, Ordering::SeqCst);
+    }
+
+    /// Replaces the stored bytes of `seq` (tests of corruption handling). Returns false
+    /// when there is no such seq.
+    pub fn damage(&self, seq: Seq, bytes: Vec<u8>) -> bool {
+        let mut records = self.records.write();
+        match seq
+            .checked_sub(1)
+            .and_then(|i| records.get_mut(usize::try_from(i).ok()?))
+        {
+            Some(slot) => {
+                *slot = Arc::new(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The stored bytes of `seq`.
+    pub fn raw(&self, seq: Seq) -> Option<Arc<Vec<u8>>> {
+        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.records.read().get(index).cloned()
+    }
+
+    fn take_failure(&self) -> bool {
+        self.failures_pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+impl EventLog for MemLog {
+    fn append(&self, batch: &[Envelope]) -> Result<SeqRange, LogError> {
+        let mut encoded = Vec::with_capacity(batch.len());
+        for env in batch {
+            encoded.push(Arc::new(codec::encode(env)?));
+        }
+        let mut records = self.records.write();
+        let range = check_sequence(records.len() as Seq, batch)?;
+        if self.take_failure() {
+            return Err(LogError::Io(
+                "injected failure: no space left on device".into(),
+            ));
+        }
+        records.extend(encoded);
+        let head = records.len() as Seq;
+        drop(records);
+        self.head.send_replace(head);
+        Ok(range)
+    }
+
+    fn read_from(&self, from: Seq) -> LogIter<'_> {
+        let start = from.max(1);
+        let mut next = start;
+        Box::new(std::iter::from_fn(move || {
+            let bytes = self.raw(next)?;
+            let seq = next;
+            next += 1;
+            Some(codec::decode(seq, &bytes).map_err(LogError::from))
+        }))
+    }
+
+    fn head(&self) -> Seq {
+        *self.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Seq> {
+        self.head.subscribe()
+    }
+}

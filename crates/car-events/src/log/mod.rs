@@ -1,0 +1,168 @@
+//! The append-only event log: one trait, two implementations.
+//!
+//! [`EventLog`] is raw sequenced storage, like raft-rs's `Storage`: it stores envelopes
+//! that already carry their seq and time, refuses anything that is not exactly the next
+//! seq, returns from [`EventLog::append`] only once the batch is durable, and announces its
+//! head. Batching many appenders into one durable write is the job of the single
+//! [`crate::Writer`] above it, not of the storage.
+//!
+//! - [`SledLog`]: the daemon's log, in sled, key = big-endian seq.
+//! - [`MemLog`]: the same contract in memory, for every other crate's tests, with fault
+//!   injection for the "disk full" paths.
+
+mod mem;
+mod sled;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use tokio::sync::watch;
+
+pub use self::mem::MemLog;
+pub use self::sled::{OpenOptions, SledLog, TailRepair};
+
+use crate::codec::CodecError;
+use crate::envelope::{Envelope, Seq, SeqRange};
+
+/// What can go wrong with the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Another process holds the log.
+    #[error("the event log in {dir} is in use by another process{}", holder_suffix(*.pid))]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The pid of the holder, when known.
+        pid: Option<u32>,
+    },
+    /// The directory does not hold an event log (and creation was not asked for).
+    #[error("{dir} does not hold a car event log{}", reason_suffix(.reason))]
+    NotALog {
+        /// The directory.
+        dir: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+    /// A stored record is damaged where it cannot be repaired (anywhere but the tail).
+    #[error("corrupt event log: {0}")]
+    Corrupt(#[from] CodecError),
+    /// The log has a hole or goes backwards.
+    #[error("corrupt event log: expected seq {expected}, found seq {found}")]
+    Gap {
+        /// The seq that should have come next.
+        expected: Seq,
+        /// The seq found.
+        found: Seq,
+    },
+    /// An append did not start at the next seq or was not contiguous (a caller bug).
+    #[error("append out of sequence: expected seq {expected}, got seq {got}")]
+    OutOfSequence {
+        /// The next seq of the log.
+        expected: Seq,
+        /// The seq offered.
+        got: Seq,
+    },
+    /// The storage failed (disk full, I/O error). The failed batch is not in the log.
+    #[error("event log I/O error: {0}")]
+    Io(String),
+    /// An earlier failure left the storage in an unknown state; appends are refused until
+    /// the log is reopened. Reads of durable events still work.
+    #[error("event log is read-only after an earlier failure: {0}")]
+    Poisoned(String),
+}
+
+fn holder_suffix(pid: Option<u32>) -> String {
+    pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+}
+
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
+/// An ordered iterator over stored events.
+pub type LogIter<'a> = Box<dyn Iterator<Item = Result<Envelope, LogError>> + Send + 'a>;
+
+/// Durable, sequenced, append-only storage of envelopes.
+pub trait EventLog: Send + Sync + fmt::Debug + 'static {
+    /// Appends a batch whose seqs are exactly `head + 1 ..`, contiguous. Returns once every
+    /// envelope in it is durable. On error, none of the batch is in the log and the head has
+    /// not moved.
+    fn append(&self, batch: &[Envelope]) -> Result<SeqRange, LogError>;
+
+    /// The events from `from` (inclusive) to the head, in seq order. Reading from 0 or 1
+    /// reads everything. A damaged record is an error item naming its seq.
+    fn read_from(&self, from: Seq) -> LogIter<'_>;
+
+    /// One event, `None` past the head.
+    fn get(&self, seq: Seq) -> Result<Option<Envelope>, LogError> {
+        match self.read_from(seq).next() {
+            Some(Ok(env)) if env.seq == seq => Ok(Some(env)),
+            Some(Ok(_)) | None => Ok(None),
+            Some(Err(e)) => Err(e),
+        }
+    }
+
+    /// The seq of the last durable event (0 when empty).
+    fn head(&self) -> Seq;
+
+    /// A receiver of the head; it changes after every durable append. Use
+    /// [`wait_past`] to wait for the head to move past a seq.
+    fn watch_head(&self) -> watch::Receiver<Seq>;
+
+    /// Bytes the log takes on disk (0 for memory), for statistics.
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+/// Waits until the head in `head` is greater than `seq`; returns the head, or `None` once
+/// the log is gone (the sender dropped).
+pub async fn wait_past(head: &mut watch::Receiver<Seq>, seq: Seq) -> Option<Seq> {
+    head.wait_for(|h| *h > seq).await.ok().map(|h| *h)
+}
+
+/// Checks that `batch` is exactly the next `batch.len()` seqs after `head`.
+fn check_sequence(head: Seq, batch: &[Envelope]) -> Result<SeqRange, LogError> {
+    for (i, env) in batch.iter().enumerate() {
+        let expected = head + 1 + i as Seq;
+        if env.seq != expected {
+            return Err(LogError::OutOfSequence {
+                expected,
+                got: env.seq,
+            });
+        }
+    }
+    Ok(SeqRange {
+        first: head + 1,
+        count: batch.len() as u64,
+    })
+}
+
+/// Verifies that a stream of envelopes is gapless starting at `first`.
+#[derive(Debug)]
+pub struct GaplessCheck {
+    next: Seq,
+}
+
+impl GaplessCheck {
+    /// Expects `first` next.
+    pub fn starting_at(first: Seq) -> Self {
+        Self { next: first }
+    }
+
+    /// Checks one seq.
+    pub fn check(&mut self, seq: Seq) -> Result<(), LogError> {
+        if seq != self.next {
+            return Err(LogError::Gap {
+                expected: self.next,
+                found: seq,
+            });
+        }
+        self.next += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,466 @@
+//! [`SledLog`]: the daemon's durable log in sled.
+//!
+//! Layout: tree `events` maps the big-endian seq (so sled's key order is seq order) to the
+//! encoded record ([`crate::codec`]); tree `meta` holds a format marker so a directory that
+//! is some other sled database is refused rather than misread.
+//!
+//! sled 0.34 facts this relies on:
+//! - `apply_batch` is atomic: after a crash, a batch is in the log entirely or not at all;
+//! - an insert is *not* durable when it returns, only `flush` makes it so, and one flush
+//!   covers every write before it. So `append` writes the batch, flushes once, and only
+//!   then moves the head; readers never see past the head, so nobody observes a record that
+//!   a crash could still take back;
+//! - a failed flush leaves the batch in sled's page cache, where a later flush would make
+//!   it durable after we reported failure. `append` therefore removes the failed batch
+//!   again, and refuses further appends (poisoned) if even that fails;
+//! - sled takes an exclusive file lock on open, so a second process gets a clear
+//!   [`LogError::Locked`] naming the directory and, where known, the holder's pid.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::{EventLog, LogError, LogIter, check_sequence};
+use crate::codec::{self, CodecError};
+use crate::envelope::{Envelope, Seq, SeqRange};
+
+/// The marker stored in the `meta` tree; a directory without it is not our log.
+const FORMAT_MARKER: &[u8] = b"car-event-log/1";
+/// The `meta` key of the marker.
+const FORMAT_KEY: &[u8] = b"format";
+/// A file beside sled's own, naming the process that holds the log, for the error a
+/// second opener gets. (sled's lock itself is the authority; this is only a label.)
+const HOLDER_FILE: &str = "holder.pid";
+/// sled's page cache. sled's default (1 GiB) is more than the daemon needs: the hot part of
+/// the log is the recent tail, which the writer also caches.
+const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How to open a [`SledLog`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Create the log if the directory holds none (the daemon); `false` refuses with
+    /// [`LogError::NotALog`] (auditing tools, which must never create a log).
+    pub create: bool,
+    /// sled's page cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            create: true,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// A damaged last record dropped at open: the trace of a crash in the middle of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailRepair {
+    /// The seq of the dropped record.
+    pub seq: Seq,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+impl std::fmt::Display for TailRepair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dropped the damaged last record (seq {}, {} bytes): {}",
+            self.seq, self.bytes, self.reason
+        )
+    }
+}
+
+/// The event log in a sled database.
+#[derive(Debug)]
+pub struct SledLog {
+    dir: PathBuf,
+    db: sled::Db,
+    events: sled::Tree,
+    head: watch::Sender<Seq>,
+    /// Serialises appends (there is one writer, but the contract must not depend on it)
+    /// and holds the reason appends are refused after an unrecoverable failure.
+    append_lock: Mutex<Option<String>>,
+    tail_repair: Option<TailRepair>,
+}
+
+fn key(seq: Seq) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> Option<Seq> {
+    Some(Seq::from_be_bytes(key.try_into().ok()?))
+}
+
+fn io_error(err: sled::Error) -> LogError {
+    LogError::Io(err.to_string())
+}
+
+impl SledLog {
+    /// Opens (or creates) the log in `dir`, verifying its tail.
+    pub fn open(dir: impl AsRef<Path>, options: OpenOptions) -> Result<Self, LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        let exists = dir.join("db").is_file() && dir.join("conf").is_file();
+        if !exists && !options.create {
+            let reason = if dir.exists() {
+                "no sled database in it".to_owned()
+            } else {
+                "no such directory".to_owned()
+            };
+            return Err(LogError::NotALog { dir, reason });
+        }
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(&dir, e))?;
+        write_holder(&dir);
+
+        let meta = db.open_tree("meta").map_err(io_error)?;
+        let events = db.open_tree("events").map_err(io_error)?;
+        match meta.get(FORMAT_KEY).map_err(io_error)? {
+            Some(marker) if marker.as_ref() == FORMAT_MARKER => {}
+            Some(other) => {
+                return Err(LogError::NotALog {
+                    dir,
+                    reason: format!(
+                        "unknown format marker {:?}",
+                        String::from_utf8_lossy(&other)
+                    ),
+                });
+            }
+            None if events.is_empty() && options.create => {
+                meta.insert(FORMAT_KEY, FORMAT_MARKER).map_err(io_error)?;
+                db.flush().map_err(io_error)?;
+            }
+            None => {
+                return Err(LogError::NotALog {
+                    dir,
+                    reason: "a sled database without the car format marker".into(),
+                });
+            }
+        }
+
+        let tail_repair = verify_tail(&events)?;
+        if tail_repair.is_some() {
+            db.flush().map_err(io_error)?;
+        }
+        let head = match events.last().map_err(io_error)? {
+            Some((k, _)) => seq_of(&k).ok_or_else(|| bad_key(&k))?,
+            None => 0,
+        };
+        Ok(Self {
+            dir,
+            db,
+            events,
+            head: watch::Sender::new(head),
+            append_lock: Mutex::new(None),
+            tail_repair,
+        })
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What opening had to repair, if anything.
+    pub fn tail_repair(&self) -> Option<&TailRepair> {
+        self.tail_repair.as_ref()
+    }
+
+    /// The stored bytes of `seq`, unverified (for tools that inspect damage).
+    pub fn raw(&self, seq: Seq) -> Result<Option<Vec<u8>>, LogError> {
+        if seq > self.head() {
+            return Ok(None);
+        }
+        Ok(self
+            .events
+            .get(key(seq))
+            .map_err(io_error)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn try_append(&self, batch: &[Envelope]) -> Result<(), LogError> {
+        let mut writes = sled::Batch::default();
+        for env in batch {
+            writes.insert(&key(env.seq), codec::encode(env)?);
+        }
+        self.events.apply_batch(writes).map_err(io_error)?;
+        self.db.flush().map_err(io_error)?;
+        Ok(())
+    }
+
+    /// Takes a failed batch back out of sled's cache, so no later flush makes it durable.
+    fn roll_back(&self, batch: &[Envelope]) -> Result<(), sled::Error> {
+        let mut removals = sled::Batch::default();
+        for env in batch {
+            removals.remove(&key(env.seq));
+        }
+        self.events.apply_batch(removals)
+    }
+}
+
+impl EventLog for SledLog {
+    fn append(&self, batch: &[Envelope]) -> Result<SeqRange, LogError> {
+        let mut poisoned = self.append_lock.lock();
+        if let Some(reason) = poisoned.as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
+        let range = check_sequence(self.head(), batch)?;
+        if batch.is_empty() {
+            return Ok(range);
+        }
+        if let Err(err) = self.try_append(batch) {
+            if let Err(again) = self.roll_back(batch) {
+                let reason = format!("{err}; rolling the failed batch back also failed: {again}");
+                tracing::error!(dir = %self.dir.display(), %reason, "event log poisoned");
+                *poisoned = Some(reason);
+            }
+            return Err(err);
+        }
+        if let Some(last) = range.last() {
+            self.head.send_replace(last);
+        }
+        Ok(range)
+    }
+
+    fn read_from(&self, from: Seq) -> LogIter<'_> {
+        let head = self.head();
+        let from = from.max(1);
+        if from > head {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.events.range(key(from)..=key(head)).map(|item| {
+            let (k, v) = item.map_err(io_error)?;
+            let seq = seq_of(&k).ok_or_else(|| bad_key(&k))?;
+            Ok(codec::decode(seq, &v)?)
+        }))
+    }
+
+    fn get(&self, seq: Seq) -> Result<Option<Envelope>, LogError> {
+        match self.raw(seq)? {
+            Some(bytes) => Ok(Some(codec::decode(seq, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn head(&self) -> Seq {
+        *self.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Seq> {
+        self.head.subscribe()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl Drop for SledLog {
+    fn drop(&mut self) {
+        // Appends were each flushed; this only persists sled's own bookkeeping sooner.
+        let _ = self.db.flush();
+        let _ = fs::remove_file(self.dir.join(HOLDER_FILE));
+    }
+}
+
+fn bad_key(key: &[u8]) -> LogError {
+    LogError::Corrupt(CodecError::Body {
+        seq: 0,
+        reason: format!("key of {} bytes is not a seq", key.len()),
+    })
+}
+
+/// Checks the last record. A damaged last record is what a crash in the middle of a write
+/// leaves: it is dropped and reported. If the record before it is damaged too, the damage
+/// is not a torn write and opening is refused.
+fn verify_tail(events: &sled::Tree) -> Result<Option<TailRepair>, LogError> {
+    let Some((last_key, last_value)) = events.last().map_err(io_error)? else {
+        return Ok(None);
+    };
+    let last = seq_of(&last_key).ok_or_else(|| bad_key(&last_key))?;
+    let reason = match codec::decode(last, &last_value) {
+        Ok(_) => return Ok(None),
+        Err(err) => err.to_string(),
+    };
+    if let Some(item) = events.range(..last_key.clone()).next_back() {
+        let (k, v) = item.map_err(io_error)?;
+        let seq = seq_of(&k).ok_or_else(|| bad_key(&k))?;
+        if seq + 1 != last {
+            return Err(LogError::Gap {
+                expected: seq + 1,
+                found: last,
+            });
+        }
+        codec::decode(seq, &v)?;
+    }
+    events.remove(last_key).map_err(io_error)?;
+    let repair = TailRepair {
+        seq: last,
+        bytes: last_value.len(),
+        reason,
+    };
+    tracing::warn!(%repair, "event log tail repaired");
+    Ok(Some(repair))
+}
+
+fn open_error(dir: &Path, err: sled::Error) -> LogError {
+    if let sled::Error::Io(io_err) = &err {
+        if io_err.to_string().contains("could not acquire lock") {
+            return LogError::Locked {
+                dir: dir.to_path_buf(),
+                pid: read_holder(dir),
+            };
+        }
+    }
+    match err {
+        sled::Error::Io(e) if e.kind() == io::ErrorKind::NotFound => LogError::NotALog {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        },
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => LogError::NotALog {
+            dir: dir.to_path_buf(),
+            reason: err.to_string(),
+        },
+        other => io_error(other),
+    }
+}
+
+fn write_holder(dir: &Path) {
+    let _ = fs::write(dir.join(HOLDER_FILE), std::process::id().to_string());
+}
+
+fn read_holder(dir: &Path) -> Option<u32> {
+    fs::read_to_string(dir.join(HOLDER_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{DaemonStopped, Event};
+    use uuid::Uuid;
+
+    fn env(seq: Seq) -> Envelope {
+        Envelope {
+            seq,
+            event_id: Uuid::from_u128(seq.into()),
+            ts: chrono::DateTime::<chrono::Utc>::from_timestamp_millis(1_000 * seq as i64).unwrap(),
+            schema_version: crate::SCHEMA_VERSION,
+            event: Event::DaemonStopped(DaemonStopped {
+                reason: format!("r{seq}"),
+            }),
+        }
+    }
+
+    #[test]
+    fn appends_reopen_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+            assert_eq!(log.head(), 0);
+            let range = log.append(&[env(1), env(2)]).unwrap();
+            assert_eq!((range.first, range.count), (1, 2));
+            assert!(matches!(
+                log.append(&[env(4)]),
+                Err(LogError::OutOfSequence {
+                    expected: 3,
+                    got: 4
+                })
+            ));
+            log.append(&[env(3)]).unwrap();
+        }
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        assert_eq!(log.head(), 3);
+        let all: Vec<_> = log.read_from(2).map(|e| e.unwrap()).collect();
+        assert_eq!(all, vec![env(2), env(3)]);
+        assert_eq!(log.get(3).unwrap(), Some(env(3)));
+        assert_eq!(log.get(4).unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_opener_gets_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        let err = SledLog::open(dir.path(), OpenOptions::default()).unwrap_err();
+        let pid = std::process::id();
+        assert!(matches!(err, LogError::Locked { pid: Some(p), .. } if p == pid));
+        let text = err.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains(&format!("pid {pid}")), "{text}");
+    }
+
+    #[test]
+    fn open_without_create_refuses_what_is_not_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let options = OpenOptions {
+            create: false,
+            ..OpenOptions::default()
+        };
+        assert!(matches!(
+            SledLog::open(&missing, options.clone()),
+            Err(LogError::NotALog { .. })
+        ));
+        assert!(matches!(
+            SledLog::open(dir.path(), options.clone()),
+            Err(LogError::NotALog { .. })
+        ));
+        {
+            let other = sled::open(dir.path().join("other")).unwrap();
+            other.insert("k", "v").unwrap();
+            other.flush().unwrap();
+        }
+        let err = SledLog::open(dir.path().join("other"), options).unwrap_err();
+        assert!(
+            err.to_string().contains("without the car format marker"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_dropped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+            log.append(&[env(1), env(2), env(3)]).unwrap();
+            let mut bad = log.raw(3).unwrap().unwrap();
+            let n = bad.len();
+            bad[n - 1] ^= 0xff;
+            log.events.insert(key(3), bad).unwrap();
+        }
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        let repair = log.tail_repair().unwrap();
+        assert_eq!(repair.seq, 3);
+        assert!(repair.reason.contains("checksum"), "{repair}");
+        assert_eq!(log.head(), 2);
+        log.append(&[env(3)]).unwrap();
+        assert_eq!(log.get(3).unwrap(), Some(env(3)));
+    }
+
+    #[test]
+    fn damage_before_the_tail_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+            log.append(&[env(1), env(2), env(3)]).unwrap();
+            log.events.insert(key(2), vec![1, 2, 3]).unwrap();
+            log.events.insert(key(3), vec![1, 2, 3]).unwrap();
+        }
+        let err = SledLog::open(dir.path(), OpenOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("seq 2"), "{err}");
+    }
+}

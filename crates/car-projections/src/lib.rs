@@ -1,1 +1,23 @@
-//! car-projections
+//! car-projections: the daemon's state as a pure function of its event log.
+//!
+//! The one piece of code the daemon, `car-replay` and the tests share:
+//! - [`state`]: the [`State`] projection and its pure fold [`State::apply`];
+//! - [`decide`]: every protocol write as a [`Command`] decided against the state into
+//!   events, or a typed [`Refusal`];
+//! - [`recovery`]: start-up recovery, retention (GC) and shutdown as events;
+//! - [`trace`]: runs read back in the wire shapes, through the per-run index;
+//! - [`canonical`]: the canonical rendering and digest of a state;
+//! - [`access`]: who is asking ([`Actor`]).
+
+pub mod access;
+pub mod canonical;
+pub mod decide;
+pub mod recovery;
+pub mod state;
+pub mod trace;
+pub mod turns;
+
+pub use access::Actor;
+pub use decide::{Command, Dropped, Refusal, decide};
+pub use recovery::{Retention, gc, recover, shutdown};
+pub use state::{ApplyError, Run, RunStatus, State};

@@ -1,0 +1,766 @@
+//! Decisions: `decide(&State, &Command) -> Result<Vec<Event>, Refusal>`.
+//!
+//! Every write of the protocol is a [`Command`]. Deciding it reads the state and returns
+//! the events that record it, or a typed [`Refusal`] that the gateway maps to the exact
+//! result or error of PROTOCOL.md. Deciding is pure; the caller supplies every fresh id and
+//! the single writer applies the events, so two racing commands are decided one after the
+//! other against the state the first one left.
+//!
+//! A command that has nothing left to do (an idempotent `runs.start`, a late tool reply,
+//! expiring an approval that was resolved meanwhile) decides to no events.
+
+use car_events::JsonText;
+use car_events::event::{
+    ApprovalExpired, ApprovalRequested, ApprovalResolved, Event, IncompleteReason,
+    ProposalFinished, ProposalSubmitted, Role, RunEnded, RunStarted, SessionAuthenticated,
+    SessionClosed, SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget,
+    Termination, ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
+    ToolCallTimedOut, TurnsRecorded,
+};
+use serde_json::Value;
+
+use crate::access::Actor;
+use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, State};
+use crate::turns::{self, MAX_TURNS_PER_BATCH, TurnError};
+
+/// Why `runs.record_turns` appended nothing (the `dropped` field of its soft result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dropped {
+    /// Unknown, evicted, or not owned by the caller.
+    RunNotFound,
+    /// The run has ended.
+    RunTerminal,
+    /// The batch would pass [`MAX_TURNS_PER_RUN`].
+    RunTurnLimit,
+    /// A turn is too large even after truncation.
+    TurnTooLarge,
+}
+
+impl Dropped {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::RunNotFound => "run_not_found",
+            Dropped::RunTerminal => "run_terminal",
+            Dropped::RunTurnLimit => "run_turn_limit",
+            Dropped::TurnTooLarge => "turn_too_large",
+        }
+    }
+}
+
+/// Why a command was refused. The messages are the contract's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `-32602`: a parameter is missing or wrong; the message names it.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    /// `-32600`: `session.auth` on an authenticated session.
+    #[error("already authenticated")]
+    AlreadyAuthenticated,
+    /// `-32603`: another live connection holds the agent identity.
+    #[error("agent '{0}' is already attached on another connection")]
+    AgentAttached(String),
+    /// `-32603`: `runs.start` from a host session.
+    #[error("host sessions cannot start runs")]
+    HostCannotStartRuns,
+    /// `-32603`: `runs.complete` of a run the caller cannot see.
+    #[error("unknown run_id `{0}`")]
+    UnknownRun(String),
+    /// `-32603`: `runs.complete` of a run that has ended.
+    #[error("run `{0}` is already terminal — cannot record another outcome")]
+    RunTerminal(String),
+    /// Soft result of `runs.record_turns`: nothing appended.
+    #[error("dropped: {}", .0.as_str())]
+    Dropped(Dropped),
+    /// Soft result: the run does not exist for the caller (`{run_id, not_found: true}`).
+    #[error("not found")]
+    NotFound,
+    /// `-32602`: an approval id that does not exist.
+    #[error("unknown approval_id `{0}`")]
+    UnknownApproval(String),
+    /// `-32602`: a resolution after the first.
+    #[error("approval {0} is already resolved")]
+    ApprovalResolved(String),
+    /// `-32602`: a resolution after expiry.
+    #[error("approval {0} has expired")]
+    ApprovalExpired(String),
+    /// `-32603`: the caller's role does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// A connection was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSession {
+    /// The new session's id.
+    pub client_id: String,
+    /// The peer address.
+    pub peer: String,
+    /// Its role when auth is disabled (known at once); `None` until `session.auth`.
+    pub role: Option<Role>,
+}
+
+/// `session.auth` with a token the gateway has already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticate {
+    /// The session.
+    pub client_id: String,
+    /// The role the token grants.
+    pub role: Role,
+    /// The agent identity claimed (role `agent`).
+    pub agent_id: Option<String>,
+}
+
+/// A session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseSession {
+    /// The session.
+    pub client_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `runs.start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRun {
+    /// Who asks.
+    pub actor: Actor,
+    /// A fresh UUID, used unless an idempotency key is given.
+    pub new_run_id: String,
+    /// What the run is for.
+    pub intent: String,
+    /// The requested agent id.
+    pub agent_id: Option<String>,
+    /// The agent's name, slugged into `name:<slug>` when no agent id is known.
+    pub agent_name: Option<String>,
+    /// The client's description of a good outcome.
+    pub outcome_description: Option<String>,
+    /// Makes the start idempotent: the run id is the key.
+    pub idempotency_key: Option<String>,
+}
+
+/// `runs.record_turns`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordTurns {
+    /// Who asks.
+    pub actor: Actor,
+    /// The run.
+    pub run_id: String,
+    /// The turns, already through [`AdmittedTurns::admit`] (done by the caller, off the
+    /// single writer, because it is the expensive part).
+    pub turns: AdmittedTurns,
+}
+
+/// A batch of turns through the size rules of [`crate::turns`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmittedTurns {
+    turns: Vec<JsonText>,
+    /// How many turns were sent.
+    sent: usize,
+    /// Whether a turn was too large even after truncation (the batch is refused).
+    too_large: bool,
+}
+
+impl AdmittedTurns {
+    /// Checks and truncates a batch as sent. A malformed batch is refused at once
+    /// (`-32602`); an oversized turn is remembered, to be refused as `turn_too_large` once
+    /// the run itself has been checked.
+    pub fn admit(turns: &[Value]) -> Result<Self, Refusal> {
+        if turns.is_empty() || turns.len() > MAX_TURNS_PER_BATCH {
+            return Err(Refusal::InvalidParams(format!(
+                "turns: expected 1 to {MAX_TURNS_PER_BATCH} turns, got {}",
+                turns.len()
+            )));
+        }
+        let mut admitted = Vec::with_capacity(turns.len());
+        let mut too_large = false;
+        for (index, turn) in turns.iter().enumerate() {
+            match turns::admit(index, turn) {
+                Ok(text) => admitted.push(text),
+                Err(err @ TurnError::NotAnObject { .. }) => {
+                    return Err(Refusal::InvalidParams(err.to_string()));
+                }
+                Err(TurnError::TooLarge { .. }) => too_large = true,
+            }
+        }
+        Ok(Self {
+            turns: admitted,
+            sent: turns.len(),
+            too_large,
+        })
+    }
+
+    /// How many turns were sent.
+    pub fn len(&self) -> usize {
+        self.sent
+    }
+
+    /// Whether the batch is empty (never, once admitted).
+    pub fn is_empty(&self) -> bool {
+        self.sent == 0
+    }
+
+    /// The admitted turns, `None` when one was too large.
+    pub fn admitted(&self) -> Option<&[JsonText]> {
+        (!self.too_large).then_some(self.turns.as_slice())
+    }
+}
+
+/// `runs.complete`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompleteRun {
+    /// Who asks.
+    pub actor: Actor,
+    /// The run.
+    pub run_id: String,
+    /// `{status, summary?, evidence?, metrics?, timestamp?}`.
+    pub outcome: Value,
+}
+
+/// The disconnect grace of a session expired: end the runs it leaves without an owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndAbandonedRuns {
+    /// The session that left.
+    pub client_id: String,
+    /// The agent identity it was bound to, if it was an `agent` session.
+    pub agent_id: Option<String>,
+}
+
+/// `host.request_approval`, or the gate asking on behalf of a gated call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestApproval {
+    /// The requesting session.
+    pub actor: Actor,
+    /// A fresh id.
+    pub approval_id: String,
+    /// What is to be approved.
+    pub action: String,
+    /// Free-form details.
+    pub details: Value,
+    /// The allowed resolutions (default `["approve", "deny"]`).
+    pub options: Option<Vec<String>>,
+    /// Whether any session but the requester may resolve it.
+    pub system_level: bool,
+    /// The agent it concerns (an agent session's own identity wins).
+    pub agent_id: Option<String>,
+}
+
+/// `host.resolve_approval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveApproval {
+    /// Who resolves.
+    pub actor: Actor,
+    /// The approval.
+    pub approval_id: String,
+    /// One of its options.
+    pub resolution: String,
+}
+
+/// A pending approval's time is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpireApproval {
+    /// The approval.
+    pub approval_id: String,
+    /// Why (`"timeout"`).
+    pub reason: String,
+}
+
+/// `runs.subscribe`, `log.subscribe`, `host.subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Who subscribes.
+    pub actor: Actor,
+    /// A fresh id.
+    pub subscription_id: String,
+    /// What to follow.
+    pub target: SubscriptionTarget,
+}
+
+/// Which subscriptions of a session to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionSelector {
+    /// One subscription by id (`log.unsubscribe`).
+    Id(String),
+    /// The session's subscription to a run (`runs.unsubscribe`).
+    Run(String),
+}
+
+/// `runs.unsubscribe`, `log.unsubscribe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsubscribe {
+    /// The session.
+    pub client_id: String,
+    /// Which.
+    pub selector: SubscriptionSelector,
+}
+
+/// A `tools.execute` request is about to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchToolCall {
+    /// The call as it will be recorded.
+    pub dispatch: ToolCallDispatched,
+}
+
+/// How a tool call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolCallOutcome {
+    /// A result.
+    Completed {
+        /// The output.
+        output: Value,
+        /// Dispatch to reply.
+        elapsed_ms: u64,
+    },
+    /// An error reply (or an `{"error": …}` result).
+    Failed {
+        /// The message.
+        error: String,
+        /// Dispatch to reply.
+        elapsed_ms: u64,
+    },
+    /// No reply in time.
+    TimedOut {
+        /// The deadline.
+        elapsed_ms: u64,
+    },
+    /// Abandoned.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A tool call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishToolCall {
+    /// The call.
+    pub request_id: String,
+    /// How.
+    pub outcome: ToolCallOutcome,
+}
+
+/// Every write of the protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A connection was accepted.
+    OpenSession(OpenSession),
+    /// `session.auth` succeeded at the token level.
+    Authenticate(Authenticate),
+    /// A session ended.
+    CloseSession(CloseSession),
+    /// `runs.start`.
+    StartRun(StartRun),
+    /// `runs.record_turns`.
+    RecordTurns(RecordTurns),
+    /// `runs.complete`.
+    CompleteRun(CompleteRun),
+    /// A disconnect grace expired.
+    EndAbandonedRuns(EndAbandonedRuns),
+    /// `host.request_approval` or the gate.
+    RequestApproval(RequestApproval),
+    /// `host.resolve_approval`.
+    ResolveApproval(ResolveApproval),
+    /// An approval timed out.
+    ExpireApproval(ExpireApproval),
+    /// A subscription begins.
+    Subscribe(Subscribe),
+    /// Subscriptions end.
+    Unsubscribe(Unsubscribe),
+    /// `proposal.submit` accepted.
+    SubmitProposal(ProposalSubmitted),
+    /// A proposal finished.
+    FinishProposal(ProposalFinished),
+    /// A tool call is sent.
+    DispatchToolCall(DispatchToolCall),
+    /// A tool call ended.
+    FinishToolCall(FinishToolCall),
+}
+
+/// Decides a command against the state.
+pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
+    match command {
+        Command::OpenSession(c) => Ok(vec![Event::SessionOpened(SessionOpened {
+            client_id: c.client_id.clone(),
+            peer: c.peer.clone(),
+            role: c.role,
+            agent_id: None,
+        })]),
+        Command::Authenticate(c) => authenticate(state, c),
+        Command::CloseSession(c) => Ok(close_session(state, c)),
+        Command::StartRun(c) => start_run(state, c),
+        Command::RecordTurns(c) => record_turns(state, c),
+        Command::CompleteRun(c) => complete_run(state, c),
+        Command::EndAbandonedRuns(c) => Ok(end_abandoned_runs(state, c)),
+        Command::RequestApproval(c) => request_approval(c),
+        Command::ResolveApproval(c) => resolve_approval(state, c),
+        Command::ExpireApproval(c) => Ok(expire_approval(state, c)),
+        Command::Subscribe(c) => subscribe(state, c),
+        Command::Unsubscribe(c) => Ok(unsubscribe(state, c)),
+        Command::SubmitProposal(c) => Ok(vec![Event::ProposalSubmitted(c.clone())]),
+        Command::FinishProposal(c) => Ok(if state.proposal(&c.proposal_id).is_some() {
+            vec![Event::ProposalFinished(c.clone())]
+        } else {
+            vec![]
+        }),
+        Command::DispatchToolCall(c) => Ok(vec![Event::ToolCallDispatched(c.dispatch.clone())]),
+        Command::FinishToolCall(c) => Ok(finish_tool_call(state, c)),
+    }
+}
+
+fn authenticate(state: &State, c: &Authenticate) -> Result<Vec<Event>, Refusal> {
+    let session = state
+        .session(&c.client_id)
+        .ok_or_else(|| Refusal::Forbidden(format!("session `{}` is not open", c.client_id)))?;
+    if session.authenticated {
+        return Err(Refusal::AlreadyAuthenticated);
+    }
+    if c.role == Role::Agent {
+        let Some(agent_id) = c.agent_id.as_deref() else {
+            return Err(Refusal::InvalidParams(
+                "agent_id: required for an agent session".into(),
+            ));
+        };
+        if agent_id.trim().is_empty() {
+            return Err(Refusal::InvalidParams("agent_id: must not be empty".into()));
+        }
+        if state
+            .agent_session(agent_id)
+            .is_some_and(|holder| holder != c.client_id)
+        {
+            return Err(Refusal::AgentAttached(agent_id.to_owned()));
+        }
+    }
+    Ok(vec![Event::SessionAuthenticated(SessionAuthenticated {
+        client_id: c.client_id.clone(),
+        role: c.role,
+        agent_id: c.agent_id.clone().filter(|_| c.role == Role::Agent),
+    })])
+}
+
+fn close_session(state: &State, c: &CloseSession) -> Vec<Event> {
+    if state.session(&c.client_id).is_none() {
+        return vec![];
+    }
+    let mut events = Vec::new();
+    for call in state.tool_calls() {
+        if call.dispatch.client_id == c.client_id {
+            events.push(Event::ToolCallCancelled(ToolCallCancelled {
+                request_id: call.dispatch.request_id.clone(),
+                reason: "disconnected".into(),
+            }));
+        }
+    }
+    for sub in state.subscriptions() {
+        if sub.client_id == c.client_id {
+            events.push(Event::SubscriptionClosed(SubscriptionClosed {
+                subscription_id: sub.subscription_id.clone(),
+                reason: "disconnected".into(),
+            }));
+        }
+    }
+    events.push(Event::SessionClosed(SessionClosed {
+        client_id: c.client_id.clone(),
+        reason: c.reason.clone(),
+    }));
+    events
+}
+
+/// `name:<slug>`: lower-case letters and digits, other runs of characters as one `-`.
+pub fn agent_slug(name: &str) -> String {
+    let mut slug = String::with_capacity(name.len());
+    for ch in name.trim().chars().flat_map(char::to_lowercase) {
+        if ch.is_alphanumeric() {
+            slug.push(ch);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    slug.trim_matches('-').to_owned()
+}
+
+fn non_blank(value: Option<&String>) -> Option<&str> {
+    value.map(String::as_str).filter(|v| !v.trim().is_empty())
+}
+
+fn start_run(state: &State, c: &StartRun) -> Result<Vec<Event>, Refusal> {
+    if c.actor.role == Role::Host && !c.actor.unrestricted {
+        return Err(Refusal::HostCannotStartRuns);
+    }
+    let agent_id = match (c.actor.bound_agent(), non_blank(c.agent_id.as_ref())) {
+        (Some(bound), Some(asked)) if bound != asked => {
+            return Err(Refusal::InvalidParams(format!(
+                "agent_id: this session is bound to agent '{bound}', not '{asked}'"
+            )));
+        }
+        (Some(bound), _) => bound.to_owned(),
+        (None, Some(asked)) => asked.to_owned(),
+        (None, None) => match non_blank(c.agent_name.as_ref()).map(agent_slug) {
+            Some(slug) if !slug.is_empty() => format!("name:{slug}"),
+            _ => {
+                return Err(Refusal::InvalidParams(
+                    "agent_id: required (or agent_name), or a session bound to an agent".into(),
+                ));
+            }
+        },
+    };
+    let run_id = match non_blank(c.idempotency_key.as_ref()) {
+        Some(key) => {
+            if let Some(run) = state.run(key) {
+                return if state.is_owner(&c.actor, run) {
+                    Ok(vec![])
+                } else {
+                    Err(Refusal::InvalidParams(
+                        "idempotency_key: already used by another owner's run".into(),
+                    ))
+                };
+            }
+            if state.retired_key(key).is_some() {
+                return Ok(vec![]);
+            }
+            key.to_owned()
+        }
+        None => c.new_run_id.clone(),
+    };
+    Ok(vec![Event::RunStarted(RunStarted {
+        run_id,
+        agent_id,
+        client_id: Some(c.actor.client_id.clone()),
+        intent: c.intent.clone(),
+        outcome_description: c.outcome_description.clone(),
+        idempotency_key: non_blank(c.idempotency_key.as_ref()).map(str::to_owned),
+    })])
+}
+
+fn record_turns(state: &State, c: &RecordTurns) -> Result<Vec<Event>, Refusal> {
+    let run = state
+        .owned_run(&c.actor, &c.run_id)
+        .ok_or(Refusal::Dropped(Dropped::RunNotFound))?;
+    if run.is_ended() {
+        return Err(Refusal::Dropped(Dropped::RunTerminal));
+    }
+    if run.turn_count as usize + c.turns.len() > MAX_TURNS_PER_RUN as usize {
+        return Err(Refusal::Dropped(Dropped::RunTurnLimit));
+    }
+    let turns = c
+        .turns
+        .admitted()
+        .ok_or(Refusal::Dropped(Dropped::TurnTooLarge))?;
+    Ok(vec![Event::TurnsRecorded(TurnsRecorded {
+        run_id: run.run_id.clone(),
+        base_index: run.turn_count,
+        turns: turns.to_vec(),
+    })])
+}
+
+fn complete_run(state: &State, c: &CompleteRun) -> Result<Vec<Event>, Refusal> {
+    let Value::Object(fields) = &c.outcome else {
+        return Err(Refusal::InvalidParams("outcome: expected an object".into()));
+    };
+    match fields.get("status") {
+        Some(Value::String(status)) if !status.trim().is_empty() => {}
+        _ => {
+            return Err(Refusal::InvalidParams(
+                "outcome.status: required, a non-empty string".into(),
+            ));
+        }
+    }
+    let run = state
+        .owned_run(&c.actor, &c.run_id)
+        .ok_or_else(|| Refusal::UnknownRun(c.run_id.clone()))?;
+    if run.is_ended() {
+        return Err(Refusal::RunTerminal(c.run_id.clone()));
+    }
+    Ok(vec![Event::RunEnded(RunEnded {
+        run_id: run.run_id.clone(),
+        termination: Termination::Outcome {
+            outcome: JsonText::from_value(&c.outcome),
+        },
+    })])
+}
+
+fn end_abandoned_runs(state: &State, c: &EndAbandonedRuns) -> Vec<Event> {
+    state
+        .runs()
+        .filter(|run| !run.is_ended())
+        .filter(|run| {
+            run.owner.as_deref() == Some(c.client_id.as_str())
+                || c.agent_id.as_deref() == Some(run.agent_id.as_str())
+        })
+        .filter(|run| !state.has_live_owner(run, Some(&c.client_id)))
+        .map(|run| {
+            Event::RunEnded(RunEnded {
+                run_id: run.run_id.clone(),
+                termination: Termination::Incomplete {
+                    reason: IncompleteReason::Disconnected,
+                },
+            })
+        })
+        .collect()
+}
+
+fn request_approval(c: &RequestApproval) -> Result<Vec<Event>, Refusal> {
+    if c.action.trim().is_empty() {
+        return Err(Refusal::InvalidParams(
+            "action: required, a non-empty string".into(),
+        ));
+    }
+    let options = match &c.options {
+        None => vec!["approve".to_owned(), "deny".to_owned()],
+        Some(options) if options.is_empty() => {
+            return Err(Refusal::InvalidParams("options: must not be empty".into()));
+        }
+        Some(options) if options.iter().any(|o| o.trim().is_empty()) => {
+            return Err(Refusal::InvalidParams(
+                "options: must be non-empty strings".into(),
+            ));
+        }
+        Some(options) => options.clone(),
+    };
+    let agent_id = c
+        .actor
+        .bound_agent()
+        .map(str::to_owned)
+        .or_else(|| c.agent_id.clone());
+    Ok(vec![Event::ApprovalRequested(ApprovalRequested {
+        approval_id: c.approval_id.clone(),
+        client_id: Some(c.actor.client_id.clone()),
+        agent_id,
+        action: c.action.clone(),
+        details: JsonText::from_value(&c.details),
+        options,
+        system_level: c.system_level,
+    })])
+}
+
+fn resolve_approval(state: &State, c: &ResolveApproval) -> Result<Vec<Event>, Refusal> {
+    let approval = state
+        .approval(&c.approval_id)
+        .ok_or_else(|| Refusal::UnknownApproval(c.approval_id.clone()))?;
+    if approval.requester.as_deref() == Some(c.actor.client_id.as_str()) {
+        return Err(Refusal::Forbidden(format!(
+            "approval {} was requested by this session; another session must resolve it",
+            c.approval_id
+        )));
+    }
+    if !approval.system_level && !c.actor.has_host_rights() {
+        return Err(Refusal::Forbidden(format!(
+            "only a host session may resolve approval {}",
+            c.approval_id
+        )));
+    }
+    match approval.status {
+        ApprovalStatus::Pending => {}
+        ApprovalStatus::Resolved => return Err(Refusal::ApprovalResolved(c.approval_id.clone())),
+        ApprovalStatus::Expired => return Err(Refusal::ApprovalExpired(c.approval_id.clone())),
+    }
+    if !approval.options.contains(&c.resolution) {
+        return Err(Refusal::InvalidParams(format!(
+            "resolution: must be one of {}",
+            approval.options.join(", ")
+        )));
+    }
+    Ok(vec![Event::ApprovalResolved(ApprovalResolved {
+        approval_id: c.approval_id.clone(),
+        resolution: c.resolution.clone(),
+        client_id: Some(c.actor.client_id.clone()),
+    })])
+}
+
+fn expire_approval(state: &State, c: &ExpireApproval) -> Vec<Event> {
+    match state.approval(&c.approval_id) {
+        Some(approval) if approval.status == ApprovalStatus::Pending => {
+            vec![Event::ApprovalExpired(ApprovalExpired {
+                approval_id: c.approval_id.clone(),
+                reason: c.reason.clone(),
+            })]
+        }
+        _ => vec![],
+    }
+}
+
+fn subscribe(state: &State, c: &Subscribe) -> Result<Vec<Event>, Refusal> {
+    let mut events = Vec::new();
+    match &c.target {
+        SubscriptionTarget::Run { run_id, .. } => {
+            if state.readable_run(&c.actor, run_id).is_none() {
+                return Err(Refusal::NotFound);
+            }
+            // One subscription per session and run: a new one replaces the old.
+            events.extend(unsubscribe(
+                state,
+                &Unsubscribe {
+                    client_id: c.actor.client_id.clone(),
+                    selector: SubscriptionSelector::Run(run_id.clone()),
+                },
+            ));
+        }
+        SubscriptionTarget::Log { .. } => {
+            if !c.actor.has_host_rights() {
+                return Err(Refusal::Forbidden("log.* is for host sessions".into()));
+            }
+        }
+        SubscriptionTarget::Host => {
+            if c.actor.role == Role::Agent && !c.actor.unrestricted {
+                return Err(Refusal::Forbidden(
+                    "host.subscribe is not available to agent sessions".into(),
+                ));
+            }
+        }
+    }
+    events.push(Event::SubscriptionOpened(SubscriptionOpened {
+        subscription_id: c.subscription_id.clone(),
+        client_id: c.actor.client_id.clone(),
+        target: c.target.clone(),
+    }));
+    Ok(events)
+}
+
+fn unsubscribe(state: &State, c: &Unsubscribe) -> Vec<Event> {
+    state
+        .subscriptions()
+        .filter(|sub| sub.client_id == c.client_id)
+        .filter(|sub| match (&c.selector, &sub.target) {
+            (SubscriptionSelector::Id(id), _) => &sub.subscription_id == id,
+            (SubscriptionSelector::Run(run_id), SubscriptionTarget::Run { run_id: r, .. }) => {
+                r == run_id
+            }
+            (SubscriptionSelector::Run(_), _) => false,
+        })
+        .map(|sub| {
+            Event::SubscriptionClosed(SubscriptionClosed {
+                subscription_id: sub.subscription_id.clone(),
+                reason: "unsubscribed".into(),
+            })
+        })
+        .collect()
+}
+
+fn finish_tool_call(state: &State, c: &FinishToolCall) -> Vec<Event> {
+    if state.tool_call(&c.request_id).is_none() {
+        // Already finished (a late reply after a timeout, a reply after a cancel).
+        return vec![];
+    }
+    let request_id = c.request_id.clone();
+    vec![match &c.outcome {
+        ToolCallOutcome::Completed { output, elapsed_ms } => {
+            Event::ToolCallCompleted(ToolCallCompleted {
+                request_id,
+                output: JsonText::from_value(output),
+                elapsed_ms: *elapsed_ms,
+            })
+        }
+        ToolCallOutcome::Failed { error, elapsed_ms } => Event::ToolCallFailed(ToolCallFailed {
+            request_id,
+            error: error.clone(),
+            elapsed_ms: *elapsed_ms,
+        }),
+        ToolCallOutcome::TimedOut { elapsed_ms } => Event::ToolCallTimedOut(ToolCallTimedOut {
+            request_id,
+            elapsed_ms: *elapsed_ms,
+        }),
+        ToolCallOutcome::Cancelled { reason } => Event::ToolCallCancelled(ToolCallCancelled {
+            request_id,
+            reason: reason.clone(),
+        }),
+    }]
+}

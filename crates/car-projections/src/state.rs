@@ -1,0 +1,913 @@
+//! The daemon's state: a pure fold of the event log.
+//!
+//! [`State::apply`] is the only way the state changes. It reads nothing but the event and
+//! the state (no clock, no I/O, no randomness: every time and id comes from the events), so
+//! replaying the same log always gives the same state, in the daemon, in `car-replay` and
+//! in tests. An event that contradicts the state is an [`ApplyError`] naming its seq.
+//!
+//! What is kept in memory is what decisions and reads need, not the log's contents: a run
+//! holds its turn *count* and a per-run index of the seqs of its events, and a trace is
+//! read back from the log through that index ([`crate::trace`]), so reading any run costs
+//! O(its own events), and memory does not grow with turn sizes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use car_events::event::{
+    ApprovalRequested, DaemonStarted, Event, Role, RunStarted, SessionOpened, SubscriptionTarget,
+    Termination, ToolCallDispatched,
+};
+use car_events::{Envelope, Fold, JsonText, Seq};
+use chrono::{DateTime, Utc};
+
+use crate::access::Actor;
+
+/// The most turns a run may hold (PROTOCOL.md §3.3).
+pub const MAX_TURNS_PER_RUN: u32 = 2000;
+
+/// A run's live status (PROTOCOL.md §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RunStatus {
+    /// Started, not ended.
+    InProgress,
+    /// Ended with an outcome.
+    Completed,
+    /// Ended without one.
+    Incomplete,
+}
+
+impl RunStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::InProgress => "in_progress",
+            RunStatus::Completed => "completed",
+            RunStatus::Incomplete => "incomplete",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "in_progress" => Some(RunStatus::InProgress),
+            "completed" => Some(RunStatus::Completed),
+            "incomplete" => Some(RunStatus::Incomplete),
+            _ => None,
+        }
+    }
+}
+
+/// The daemon instance that last started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    /// Its `daemon.started` event.
+    pub started_seq: Seq,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its version.
+    pub version: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Whether its start-up recovery finished.
+    pub recovered: bool,
+    /// Whether it stopped cleanly.
+    pub stopped: bool,
+}
+
+/// An open session (closed sessions are forgotten: the log keeps them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Its id.
+    pub client_id: String,
+    /// The peer address.
+    pub peer: String,
+    /// Its role, once known.
+    pub role: Option<Role>,
+    /// The agent it is bound to.
+    pub agent_id: Option<String>,
+    /// Whether `session.auth` succeeded (a second one is refused).
+    pub authenticated: bool,
+    /// Its `session.opened` event.
+    pub opened_seq: Seq,
+    /// When it opened.
+    pub opened_at: DateTime<Utc>,
+}
+
+/// One `run.turns_recorded` event of a run: turns `base_index ..` are stored at `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnBatch {
+    /// The index of its first turn.
+    pub base_index: u32,
+    /// The event holding the turns.
+    pub seq: Seq,
+}
+
+/// How and when a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEnd {
+    /// How.
+    pub termination: Termination,
+    /// When.
+    pub ended_at: DateTime<Utc>,
+    /// Its `run.ended` event.
+    pub seq: Seq,
+}
+
+/// A retained run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Its id.
+    pub run_id: String,
+    /// Its agent.
+    pub agent_id: String,
+    /// The session that started it.
+    pub owner: Option<String>,
+    /// What it is for.
+    pub intent: String,
+    /// The client's description of a good outcome.
+    pub outcome_description: Option<String>,
+    /// Its idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Its `run.started` event.
+    pub started_seq: Seq,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// How many turns it holds.
+    pub turn_count: u32,
+    /// Where its turns are in the log, in order.
+    pub turn_batches: Vec<TurnBatch>,
+    /// Its end, once ended.
+    pub end: Option<RunEnd>,
+    /// Other events that belong to it (tool calls, proposals), in order.
+    pub related: Vec<Seq>,
+}
+
+impl Run {
+    /// Its live status.
+    pub fn status(&self) -> RunStatus {
+        match &self.end {
+            None => RunStatus::InProgress,
+            Some(RunEnd {
+                termination: Termination::Outcome { .. },
+                ..
+            }) => RunStatus::Completed,
+            Some(_) => RunStatus::Incomplete,
+        }
+    }
+
+    /// Whether it has ended.
+    pub fn is_ended(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// The seq of its last event (start, turn batch or end).
+    pub fn last_seq(&self) -> Seq {
+        match (&self.end, self.turn_batches.last()) {
+            (Some(end), _) => end.seq,
+            (None, Some(batch)) => batch.seq,
+            (None, None) => self.started_seq,
+        }
+    }
+
+    /// The turn batches stored at or before `seq`: the run as it was at that position.
+    pub fn batches_until(&self, seq: Seq) -> &[TurnBatch] {
+        let n = self.turn_batches.partition_point(|b| b.seq <= seq);
+        &self.turn_batches[..n]
+    }
+}
+
+/// An approval's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApprovalStatus {
+    /// Waiting for a resolution.
+    Pending,
+    /// Resolved (the first resolution).
+    Resolved,
+    /// Expired unresolved.
+    Expired,
+}
+
+impl ApprovalStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Resolved => "resolved",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "pending" => Some(ApprovalStatus::Pending),
+            "resolved" => Some(ApprovalStatus::Resolved),
+            "expired" => Some(ApprovalStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// An approval (PROTOCOL.md §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Its id.
+    pub id: String,
+    /// The session that asked.
+    pub requester: Option<String>,
+    /// The agent it concerns.
+    pub agent_id: Option<String>,
+    /// What is to be approved.
+    pub action: String,
+    /// Free-form details.
+    pub details: JsonText,
+    /// The allowed resolutions; the first approves.
+    pub options: Vec<String>,
+    /// Whether any session but the requester may resolve it.
+    pub system_level: bool,
+    /// Where it stands.
+    pub status: ApprovalStatus,
+    /// The resolution, once resolved.
+    pub resolution: Option<String>,
+    /// Who resolved it.
+    pub resolved_by: Option<String>,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When it was resolved or expired.
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Its `approval.requested` event.
+    pub requested_seq: Seq,
+}
+
+/// An open subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Its id.
+    pub subscription_id: String,
+    /// The subscribing session.
+    pub client_id: String,
+    /// What it follows.
+    pub target: SubscriptionTarget,
+    /// Its `subscription.opened` event: the position of its snapshot.
+    pub opened_seq: Seq,
+}
+
+/// A tool call waiting for its reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The dispatch as recorded.
+    pub dispatch: ToolCallDispatched,
+    /// When it was sent.
+    pub dispatched_at: DateTime<Utc>,
+    /// Its `tool_call.dispatched` event.
+    pub dispatched_seq: Seq,
+}
+
+/// A proposal being carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// Its id.
+    pub proposal_id: String,
+    /// The submitting session.
+    pub client_id: String,
+    /// The run its actions are recorded in.
+    pub run_id: Option<String>,
+    /// Its `proposal.submitted` event.
+    pub submitted_seq: Seq,
+}
+
+/// An event that cannot follow the events before it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event at seq {seq} ({kind}) contradicts the state: {contradiction}")]
+pub struct ApplyError {
+    /// The event's seq.
+    pub seq: Seq,
+    /// The event's kind.
+    pub kind: &'static str,
+    /// What it contradicts.
+    pub contradiction: Contradiction,
+}
+
+/// What an event contradicts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Contradiction {
+    /// Seqs must increase by exactly one.
+    #[error("expected seq {expected}")]
+    OutOfOrder {
+        /// The seq that should come next.
+        expected: Seq,
+    },
+    /// A session id that is not open.
+    #[error("session `{0}` is not open")]
+    UnknownSession(String),
+    /// A session id that is already open.
+    #[error("session `{0}` is already open")]
+    SessionAlreadyOpen(String),
+    /// An agent identity already attached to another open session.
+    #[error("agent `{agent_id}` is already attached to session `{client_id}`")]
+    AgentAttached {
+        /// The agent.
+        agent_id: String,
+        /// The session holding it.
+        client_id: String,
+    },
+    /// A run id that is not retained.
+    #[error("run `{0}` is unknown or evicted")]
+    UnknownRun(String),
+    /// A run id already used.
+    #[error("run `{0}` already exists")]
+    DuplicateRun(String),
+    /// A turn or a second terminal after a run's end.
+    #[error("run `{0}` has already ended")]
+    RunEnded(String),
+    /// An eviction of a run that has not ended.
+    #[error("run `{0}` is still in progress")]
+    RunInProgress(String),
+    /// Turn indices must be contiguous.
+    #[error("run `{run_id}` expects turn index {expected}, got {got}")]
+    TurnIndex {
+        /// The run.
+        run_id: String,
+        /// Its turn count.
+        expected: u32,
+        /// The batch's base index.
+        got: u32,
+    },
+    /// More turns than a run may hold.
+    #[error("run `{run_id}` would hold {count} turns (at most {MAX_TURNS_PER_RUN})")]
+    TurnCeiling {
+        /// The run.
+        run_id: String,
+        /// The count it would reach.
+        count: u64,
+    },
+    /// An approval id that does not exist.
+    #[error("approval `{0}` is unknown")]
+    UnknownApproval(String),
+    /// An approval id already used.
+    #[error("approval `{0}` already exists")]
+    DuplicateApproval(String),
+    /// A resolution or expiry of an approval that is not pending.
+    #[error("approval `{id}` is {status}, not pending")]
+    ApprovalNotPending {
+        /// The approval.
+        id: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// A resolution that is not one of the approval's options.
+    #[error("resolution `{resolution}` is not an option of approval `{id}`")]
+    NotAnOption {
+        /// The approval.
+        id: String,
+        /// The resolution.
+        resolution: String,
+    },
+    /// A subscription id that is not open.
+    #[error("subscription `{0}` is not open")]
+    UnknownSubscription(String),
+    /// A subscription id already open.
+    #[error("subscription `{0}` is already open")]
+    DuplicateSubscription(String),
+    /// A tool call that is not in flight.
+    #[error("tool call `{0}` is not in flight")]
+    UnknownToolCall(String),
+    /// A tool call id already in flight.
+    #[error("tool call `{0}` is already in flight")]
+    DuplicateToolCall(String),
+    /// A proposal that is not in progress.
+    #[error("proposal `{0}` is not in progress")]
+    UnknownProposal(String),
+    /// A proposal id already in progress.
+    #[error("proposal `{0}` is already in progress")]
+    DuplicateProposal(String),
+}
+
+/// The state of the daemon at a position of its log.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    head: Seq,
+    daemon: Option<Daemon>,
+    sessions: BTreeMap<String, Session>,
+    /// Attached agent identities: `agent_id` → the `agent` session bound to it.
+    agents: BTreeMap<String, String>,
+    runs: HashMap<String, Run>,
+    /// Retained runs in start order (seq order is start-time order: times never go back).
+    runs_by_start: BTreeMap<Seq, String>,
+    /// Evicted runs that had an idempotency key (`run_id` → `agent_id`): the key stays
+    /// taken, so a retried `runs.start` never creates a second run under an old id.
+    retired_keys: HashMap<String, String>,
+    approvals: BTreeMap<String, Approval>,
+    subscriptions: BTreeMap<String, Subscription>,
+    tool_calls: BTreeMap<String, ToolCall>,
+    proposals: BTreeMap<String, Proposal>,
+}
+
+impl Fold for State {
+    type Error = ApplyError;
+
+    fn apply(&mut self, envelope: &Envelope) -> Result<(), ApplyError> {
+        State::apply(self, envelope)
+    }
+}
+
+impl State {
+    /// An empty state (before the first event).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds one event into the state. On error the state is unchanged.
+    pub fn apply(&mut self, env: &Envelope) -> Result<(), ApplyError> {
+        let fail = |contradiction| ApplyError {
+            seq: env.seq,
+            kind: env.event.kind(),
+            contradiction,
+        };
+        if env.seq != self.head + 1 {
+            return Err(fail(Contradiction::OutOfOrder {
+                expected: self.head + 1,
+            }));
+        }
+        self.apply_event(env).map_err(fail)?;
+        self.head = env.seq;
+        Ok(())
+    }
+
+    fn apply_event(&mut self, env: &Envelope) -> Result<(), Contradiction> {
+        let (seq, ts) = (env.seq, env.ts);
+        match &env.event {
+            Event::DaemonStarted(DaemonStarted { version, pid, .. }) => {
+                self.daemon = Some(Daemon {
+                    started_seq: seq,
+                    started_at: ts,
+                    version: version.clone(),
+                    pid: *pid,
+                    recovered: false,
+                    stopped: false,
+                });
+            }
+            Event::DaemonRecovered(_) => {
+                if let Some(daemon) = &mut self.daemon {
+                    daemon.recovered = true;
+                }
+            }
+            Event::DaemonStopped(_) => {
+                if let Some(daemon) = &mut self.daemon {
+                    daemon.stopped = true;
+                }
+            }
+            Event::SessionOpened(SessionOpened {
+                client_id,
+                peer,
+                role,
+                agent_id,
+            }) => {
+                if self.sessions.contains_key(client_id) {
+                    return Err(Contradiction::SessionAlreadyOpen(client_id.clone()));
+                }
+                if *role == Some(Role::Agent) {
+                    if let Some(agent_id) = agent_id {
+                        self.attach(agent_id, client_id)?;
+                    }
+                }
+                self.sessions.insert(
+                    client_id.clone(),
+                    Session {
+                        client_id: client_id.clone(),
+                        peer: peer.clone(),
+                        role: *role,
+                        agent_id: agent_id.clone(),
+                        authenticated: false,
+                        opened_seq: seq,
+                        opened_at: ts,
+                    },
+                );
+            }
+            Event::SessionAuthenticated(e) => {
+                let Some(session) = self.sessions.get(&e.client_id) else {
+                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
+                };
+                let previous = session
+                    .agent_id
+                    .clone()
+                    .filter(|_| session.role == Some(Role::Agent));
+                if e.role == Role::Agent {
+                    if let Some(agent_id) = &e.agent_id {
+                        if previous.as_deref() != Some(agent_id) {
+                            self.attach(agent_id, &e.client_id)?;
+                        }
+                    }
+                }
+                if let Some(previous) = previous {
+                    if e.role != Role::Agent || e.agent_id.as_deref() != Some(&previous) {
+                        self.agents.remove(&previous);
+                    }
+                }
+                if let Some(session) = self.sessions.get_mut(&e.client_id) {
+                    session.role = Some(e.role);
+                    session.agent_id = e.agent_id.clone();
+                    session.authenticated = true;
+                }
+            }
+            Event::SessionClosed(e) => {
+                let Some(session) = self.sessions.remove(&e.client_id) else {
+                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
+                };
+                if let Some(agent_id) = &session.agent_id {
+                    if self.agents.get(agent_id) == Some(&e.client_id) {
+                        self.agents.remove(agent_id);
+                    }
+                }
+            }
+            Event::RunStarted(e) => self.start_run(e, seq, ts)?,
+            Event::TurnsRecorded(e) => {
+                let run = self.run_mut(&e.run_id)?;
+                if run.is_ended() {
+                    return Err(Contradiction::RunEnded(e.run_id.clone()));
+                }
+                if e.base_index != run.turn_count {
+                    return Err(Contradiction::TurnIndex {
+                        run_id: e.run_id.clone(),
+                        expected: run.turn_count,
+                        got: e.base_index,
+                    });
+                }
+                let count = u64::from(run.turn_count) + e.turns.len() as u64;
+                if count > u64::from(MAX_TURNS_PER_RUN) {
+                    return Err(Contradiction::TurnCeiling {
+                        run_id: e.run_id.clone(),
+                        count,
+                    });
+                }
+                if !e.turns.is_empty() {
+                    run.turn_batches.push(TurnBatch {
+                        base_index: e.base_index,
+                        seq,
+                    });
+                    run.turn_count = count as u32;
+                }
+            }
+            Event::RunEnded(e) => {
+                let run = self.run_mut(&e.run_id)?;
+                if run.is_ended() {
+                    return Err(Contradiction::RunEnded(e.run_id.clone()));
+                }
+                run.end = Some(RunEnd {
+                    termination: e.termination.clone(),
+                    ended_at: ts,
+                    seq,
+                });
+            }
+            Event::RunEvicted(e) => {
+                let run = self.run_mut(&e.run_id)?;
+                if !run.is_ended() {
+                    return Err(Contradiction::RunInProgress(e.run_id.clone()));
+                }
+                if let Some(run) = self.runs.remove(&e.run_id) {
+                    self.runs_by_start.remove(&run.started_seq);
+                    if run.idempotency_key.is_some() {
+                        self.retired_keys.insert(run.run_id, run.agent_id);
+                    }
+                }
+            }
+            Event::ToolCallDispatched(e) => {
+                if self.tool_calls.contains_key(&e.request_id) {
+                    return Err(Contradiction::DuplicateToolCall(e.request_id.clone()));
+                }
+                self.relate(e.run_id.as_deref(), seq);
+                self.tool_calls.insert(
+                    e.request_id.clone(),
+                    ToolCall {
+                        dispatch: e.clone(),
+                        dispatched_at: ts,
+                        dispatched_seq: seq,
+                    },
+                );
+            }
+            Event::ToolCallCompleted(e) => self.finish_tool_call(&e.request_id, seq)?,
+            Event::ToolCallFailed(e) => self.finish_tool_call(&e.request_id, seq)?,
+            Event::ToolCallTimedOut(e) => self.finish_tool_call(&e.request_id, seq)?,
+            Event::ToolCallCancelled(e) => self.finish_tool_call(&e.request_id, seq)?,
+            Event::ApprovalRequested(e) => self.request_approval(e, seq, ts)?,
+            Event::ApprovalResolved(e) => {
+                let approval = self.pending_approval(&e.approval_id)?;
+                if !approval.options.contains(&e.resolution) {
+                    return Err(Contradiction::NotAnOption {
+                        id: e.approval_id.clone(),
+                        resolution: e.resolution.clone(),
+                    });
+                }
+                approval.status = ApprovalStatus::Resolved;
+                approval.resolution = Some(e.resolution.clone());
+                approval.resolved_by = e.client_id.clone();
+                approval.resolved_at = Some(ts);
+            }
+            Event::ApprovalExpired(e) => {
+                let approval = self.pending_approval(&e.approval_id)?;
+                approval.status = ApprovalStatus::Expired;
+                approval.resolved_at = Some(ts);
+            }
+            Event::SubscriptionOpened(e) => {
+                if self.subscriptions.contains_key(&e.subscription_id) {
+                    return Err(Contradiction::DuplicateSubscription(
+                        e.subscription_id.clone(),
+                    ));
+                }
+                if !self.sessions.contains_key(&e.client_id) {
+                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
+                }
+                self.subscriptions.insert(
+                    e.subscription_id.clone(),
+                    Subscription {
+                        subscription_id: e.subscription_id.clone(),
+                        client_id: e.client_id.clone(),
+                        target: e.target.clone(),
+                        opened_seq: seq,
+                    },
+                );
+            }
+            Event::SubscriptionClosed(e) => {
+                if self.subscriptions.remove(&e.subscription_id).is_none() {
+                    return Err(Contradiction::UnknownSubscription(
+                        e.subscription_id.clone(),
+                    ));
+                }
+            }
+            Event::ProposalSubmitted(e) => {
+                if self.proposals.contains_key(&e.proposal_id) {
+                    return Err(Contradiction::DuplicateProposal(e.proposal_id.clone()));
+                }
+                self.relate(e.run_id.as_deref(), seq);
+                self.proposals.insert(
+                    e.proposal_id.clone(),
+                    Proposal {
+                        proposal_id: e.proposal_id.clone(),
+                        client_id: e.client_id.clone(),
+                        run_id: e.run_id.clone(),
+                        submitted_seq: seq,
+                    },
+                );
+            }
+            Event::ProposalFinished(e) => {
+                let Some(proposal) = self.proposals.remove(&e.proposal_id) else {
+                    return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
+                };
+                self.relate(proposal.run_id.as_deref(), seq);
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, agent_id: &str, client_id: &str) -> Result<(), Contradiction> {
+        if let Some(holder) = self.agents.get(agent_id) {
+            if holder != client_id {
+                return Err(Contradiction::AgentAttached {
+                    agent_id: agent_id.to_owned(),
+                    client_id: holder.clone(),
+                });
+            }
+        }
+        self.agents
+            .insert(agent_id.to_owned(), client_id.to_owned());
+        Ok(())
+    }
+
+    fn start_run(
+        &mut self,
+        e: &RunStarted,
+        seq: Seq,
+        ts: DateTime<Utc>,
+    ) -> Result<(), Contradiction> {
+        if self.runs.contains_key(&e.run_id) || self.retired_keys.contains_key(&e.run_id) {
+            return Err(Contradiction::DuplicateRun(e.run_id.clone()));
+        }
+        self.runs_by_start.insert(seq, e.run_id.clone());
+        self.runs.insert(
+            e.run_id.clone(),
+            Run {
+                run_id: e.run_id.clone(),
+                agent_id: e.agent_id.clone(),
+                owner: e.client_id.clone(),
+                intent: e.intent.clone(),
+                outcome_description: e.outcome_description.clone(),
+                idempotency_key: e.idempotency_key.clone(),
+                started_seq: seq,
+                started_at: ts,
+                turn_count: 0,
+                turn_batches: Vec::new(),
+                end: None,
+                related: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn request_approval(
+        &mut self,
+        e: &ApprovalRequested,
+        seq: Seq,
+        ts: DateTime<Utc>,
+    ) -> Result<(), Contradiction> {
+        if self.approvals.contains_key(&e.approval_id) {
+            return Err(Contradiction::DuplicateApproval(e.approval_id.clone()));
+        }
+        self.approvals.insert(
+            e.approval_id.clone(),
+            Approval {
+                id: e.approval_id.clone(),
+                requester: e.client_id.clone(),
+                agent_id: e.agent_id.clone(),
+                action: e.action.clone(),
+                details: e.details.clone(),
+                options: e.options.clone(),
+                system_level: e.system_level,
+                status: ApprovalStatus::Pending,
+                resolution: None,
+                resolved_by: None,
+                created_at: ts,
+                resolved_at: None,
+                requested_seq: seq,
+            },
+        );
+        Ok(())
+    }
+
+    fn run_mut(&mut self, run_id: &str) -> Result<&mut Run, Contradiction> {
+        self.runs
+            .get_mut(run_id)
+            .ok_or_else(|| Contradiction::UnknownRun(run_id.to_owned()))
+    }
+
+    fn pending_approval(&mut self, id: &str) -> Result<&mut Approval, Contradiction> {
+        let approval = self
+            .approvals
+            .get_mut(id)
+            .ok_or_else(|| Contradiction::UnknownApproval(id.to_owned()))?;
+        if approval.status != ApprovalStatus::Pending {
+            return Err(Contradiction::ApprovalNotPending {
+                id: id.to_owned(),
+                status: approval.status.as_str(),
+            });
+        }
+        Ok(approval)
+    }
+
+    fn finish_tool_call(&mut self, request_id: &str, seq: Seq) -> Result<(), Contradiction> {
+        let call = self
+            .tool_calls
+            .remove(request_id)
+            .ok_or_else(|| Contradiction::UnknownToolCall(request_id.to_owned()))?;
+        self.relate(call.dispatch.run_id.as_deref(), seq);
+        Ok(())
+    }
+
+    /// Indexes an event under a run it belongs to, when that run is retained.
+    fn relate(&mut self, run_id: Option<&str>, seq: Seq) {
+        if let Some(run) = run_id.and_then(|id| self.runs.get_mut(id)) {
+            run.related.push(seq);
+        }
+    }
+}
+
+/// Reads.
+impl State {
+    /// The seq of the last event applied (0 before the first).
+    pub fn head(&self) -> Seq {
+        self.head
+    }
+
+    /// The daemon that last started.
+    pub fn daemon(&self) -> Option<&Daemon> {
+        self.daemon.as_ref()
+    }
+
+    /// An open session.
+    pub fn session(&self, client_id: &str) -> Option<&Session> {
+        self.sessions.get(client_id)
+    }
+
+    /// Every open session, by id.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// The session an agent identity is attached to.
+    pub fn agent_session(&self, agent_id: &str) -> Option<&str> {
+        self.agents.get(agent_id).map(String::as_str)
+    }
+
+    /// Attached agent identities and their sessions, by agent id.
+    pub fn agents(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.agents.iter().map(|(a, c)| (a.as_str(), c.as_str()))
+    }
+
+    /// A retained run, whoever asks.
+    pub fn run(&self, run_id: &str) -> Option<&Run> {
+        self.runs.get(run_id)
+    }
+
+    /// Retained runs, oldest start first.
+    pub fn runs(&self) -> impl DoubleEndedIterator<Item = &Run> {
+        self.runs_by_start
+            .values()
+            .filter_map(|id| self.runs.get(id))
+    }
+
+    /// How many runs are retained.
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// The agent of an evicted run whose idempotency key stays taken.
+    pub fn retired_key(&self, run_id: &str) -> Option<&str> {
+        self.retired_keys.get(run_id).map(String::as_str)
+    }
+
+    /// Evicted runs whose idempotency keys stay taken.
+    pub fn retired_keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.retired_keys
+            .iter()
+            .map(|(r, a)| (r.as_str(), a.as_str()))
+    }
+
+    /// Whether `actor` owns `run` (may write it).
+    pub fn is_owner(&self, actor: &Actor, run: &Run) -> bool {
+        actor.unrestricted
+            || run.owner.as_deref() == Some(actor.client_id.as_str())
+            || actor.bound_agent() == Some(run.agent_id.as_str())
+    }
+
+    /// Whether `actor` may read `run`.
+    pub fn is_reader(&self, actor: &Actor, run: &Run) -> bool {
+        actor.has_host_rights() || self.is_owner(actor, run)
+    }
+
+    /// A run as `actor` sees it: `None` when unknown, evicted, or not readable by it.
+    pub fn readable_run(&self, actor: &Actor, run_id: &str) -> Option<&Run> {
+        self.runs
+            .get(run_id)
+            .filter(|run| self.is_reader(actor, run))
+    }
+
+    /// A run `actor` may write: `None` when unknown, evicted, or not owned by it.
+    pub fn owned_run(&self, actor: &Actor, run_id: &str) -> Option<&Run> {
+        self.runs
+            .get(run_id)
+            .filter(|run| self.is_owner(actor, run))
+    }
+
+    /// Whether a live session other than `except` owns `run`.
+    pub fn has_live_owner(&self, run: &Run, except: Option<&str>) -> bool {
+        let starter_live = run
+            .owner
+            .as_deref()
+            .is_some_and(|owner| Some(owner) != except && self.sessions.contains_key(owner));
+        let agent_live = self
+            .agents
+            .get(&run.agent_id)
+            .is_some_and(|client| Some(client.as_str()) != except);
+        starter_live || agent_live
+    }
+
+    /// An approval.
+    pub fn approval(&self, id: &str) -> Option<&Approval> {
+        self.approvals.get(id)
+    }
+
+    /// Every approval, oldest first.
+    pub fn approvals(&self) -> Vec<&Approval> {
+        let mut all: Vec<&Approval> = self.approvals.values().collect();
+        all.sort_by_key(|a| a.requested_seq);
+        all
+    }
+
+    /// An open subscription.
+    pub fn subscription(&self, id: &str) -> Option<&Subscription> {
+        self.subscriptions.get(id)
+    }
+
+    /// Every open subscription, by id.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Subscription> {
+        self.subscriptions.values()
+    }
+
+    /// A tool call in flight.
+    pub fn tool_call(&self, request_id: &str) -> Option<&ToolCall> {
+        self.tool_calls.get(request_id)
+    }
+
+    /// Every tool call in flight, by request id.
+    pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
+        self.tool_calls.values()
+    }
+
+    /// A proposal in progress.
+    pub fn proposal(&self, id: &str) -> Option<&Proposal> {
+        self.proposals.get(id)
+    }
+
+    /// Every proposal in progress, by id.
+    pub fn proposals(&self) -> impl Iterator<Item = &Proposal> {
+        self.proposals.values()
+    }
+}

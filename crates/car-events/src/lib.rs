@@ -24,4 +24,4 @@ pub use event::Event;
 pub use json_text::JsonText;
 pub use log::{EventLog, LogError, MemLog, OpenOptions, SledLog, TailRepair};
 pub use render::{EventJson, format_ts};
-pub use writer::{Durable, Fold, ReplayError, WriteError, Writer, WriterThread, replay};
+pub use writer::{Durable, Fold, Pending, ReplayError, WriteError, Writer, WriterThread, replay};

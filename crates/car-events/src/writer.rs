@@ -242,16 +242,29 @@ impl<S: Fold> Writer<S> {
         R: Send + 'static,
         F: FnOnce(&S) -> (Vec<Event>, R) + Send + 'static,
     {
-        let (out_tx, out_rx) = oneshot::channel();
-        let range = self
-            .submit(Box::new(move |state: &S| {
-                let (events, out) = decide(state);
-                let _ = out_tx.send(out);
-                events
-            }))
-            .await?;
-        let out = out_rx.await.map_err(|_| WriteError::Stopped)?;
-        Ok((out, range))
+        self.enqueue(decide).await?.wait().await
+    }
+
+    /// Queues `decide` (as [`Writer::execute`]) and returns as soon as it is queued, so a
+    /// caller can queue several writes in order and wait for them elsewhere: writes queued
+    /// one after the other are decided in that order.
+    pub async fn enqueue<R, F>(&self, decide: F) -> Result<Pending<R>, WriteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> (Vec<Event>, R) + Send + 'static,
+    {
+        let (out_tx, out) = oneshot::channel();
+        let (reply, range) = oneshot::channel();
+        let decide: Decide<S> = Box::new(move |state: &S| {
+            let (events, output) = decide(state);
+            let _ = out_tx.send(output);
+            events
+        });
+        self.tx
+            .send(Msg::Job { decide, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        Ok(Pending { range, out })
     }
 
     /// [`Writer::append`] for code outside an async runtime.
@@ -323,6 +336,23 @@ impl<S: Fold> Writer<S> {
         if self.tx.send(Msg::Stop(done)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// A queued write: [`Pending::wait`] resolves once its events are durable.
+#[derive(Debug)]
+pub struct Pending<R> {
+    range: oneshot::Receiver<Result<SeqRange, WriteError>>,
+    out: oneshot::Receiver<R>,
+}
+
+impl<R> Pending<R> {
+    /// Waits until the write is durable (or failed); returns the decision's output and
+    /// the seqs its events got.
+    pub async fn wait(self) -> Result<(R, SeqRange), WriteError> {
+        let range = self.range.await.map_err(|_| WriteError::Stopped)??;
+        let out = self.out.await.map_err(|_| WriteError::Stopped)?;
+        Ok((out, range))
     }
 }
 

@@ -1,0 +1,179 @@
+//! What every connection shares: the configuration, the single writer over the log and
+//! the state, injected time and ids, and the per-run notifier that wakes subscribers.
+//!
+//! All writes go through [`App::submit`] or [`App::append`], which decide or append
+//! through the writer and, once the events are durable, wake the subscribers of every run
+//! the events touched. No other code path appends, so no subscriber can miss a wake-up.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use car_events::event::Event;
+use car_events::{Pending, SeqRange, Stamper, Writer};
+use car_projections::{Command, Refusal, State, decide};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::notify::RunNotifier;
+use crate::rpc::RpcError;
+use crate::tokens::Tokens;
+
+/// The daemon's shared runtime.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration.
+    pub config: Config,
+    /// The single writer (and through it the state and the log).
+    pub writer: Writer<State>,
+    /// Time and ids.
+    pub stamper: Stamper,
+    /// The tokens sessions authenticate with.
+    pub tokens: Tokens,
+    /// Wakes the subscribers of a run when it changes.
+    pub notifier: RunNotifier,
+    /// Cancelled when the daemon begins to stop.
+    pub stopping: CancellationToken,
+}
+
+/// A write whose events are durable.
+#[derive(Debug)]
+pub struct Committed<R> {
+    /// What the decision computed beside its events.
+    pub out: R,
+    /// The seqs its events got (empty when it decided to no events).
+    pub range: SeqRange,
+}
+
+type Decision<R> = Result<(R, BTreeSet<String>), Refusal>;
+
+/// A queued command: [`Submitted::wait`] resolves once it is durable.
+#[derive(Debug)]
+pub struct Submitted<R> {
+    pending: Pending<Decision<R>>,
+    app: Arc<App>,
+}
+
+impl<R> Submitted<R> {
+    /// Waits until the command's events are durable, then wakes the runs they touched.
+    pub async fn wait(self) -> Result<Result<Committed<R>, Refusal>, RpcError> {
+        let (decision, range) = self.pending.wait().await?;
+        Ok(decision.map(|(out, touched)| {
+            self.app.wake(&touched, range);
+            Committed { out, range }
+        }))
+    }
+}
+
+/// The runs a batch of events changes (subscribers of these must look again).
+fn touched_runs(events: &[Event]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::RunStarted(_)
+                    | Event::TurnsRecorded(_)
+                    | Event::RunEnded(_)
+                    | Event::RunEvicted(_)
+            )
+        })
+        .filter_map(|e| e.run_id().map(str::to_owned))
+        .collect()
+}
+
+impl App {
+    /// Now, from the injected clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.stamper.clock().now()
+    }
+
+    /// A fresh id.
+    pub fn new_id(&self) -> String {
+        self.stamper.ids().uuid().to_string()
+    }
+
+    /// Queues `command`; `extract` computes, from the state the command is decided against
+    /// and the events decided, whatever the caller needs beside them. Returns once queued:
+    /// commands submitted one after another are decided in that order.
+    pub async fn submit<R, F>(
+        self: &Arc<Self>,
+        command: Command,
+        extract: F,
+    ) -> Result<Submitted<R>, RpcError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+    {
+        self.submit_with(move |_| command, extract).await
+    }
+
+    /// [`App::submit`] for a command that depends on the state it is decided against.
+    pub async fn submit_with<R, B, F>(
+        self: &Arc<Self>,
+        build: B,
+        extract: F,
+    ) -> Result<Submitted<R>, RpcError>
+    where
+        R: Send + 'static,
+        B: FnOnce(&State) -> Command + Send + 'static,
+        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+    {
+        let pending = self
+            .writer
+            .enqueue(move |state: &State| {
+                let command = build(state);
+                match decide(state, &command) {
+                    Ok(events) => {
+                        let out = extract(state, &events);
+                        let touched = touched_runs(&events);
+                        (events, Ok((out, touched)))
+                    }
+                    Err(refusal) => (Vec::new(), Err(refusal)),
+                }
+            })
+            .await?;
+        Ok(Submitted {
+            pending,
+            app: self.clone(),
+        })
+    }
+
+    /// Submits and waits.
+    pub async fn execute<R, F>(
+        self: &Arc<Self>,
+        command: Command,
+        extract: F,
+    ) -> Result<Result<Committed<R>, Refusal>, RpcError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+    {
+        self.submit(command, extract).await?.wait().await
+    }
+
+    /// Appends the events `effects` computes from the state (recovery, retention,
+    /// shutdown): decided and appended in one step, then the touched runs are woken.
+    pub async fn append<F>(self: &Arc<Self>, effects: F) -> Result<(Vec<Event>, SeqRange), RpcError>
+    where
+        F: FnOnce(&State) -> Vec<Event> + Send + 'static,
+    {
+        let (events, range) = self
+            .writer
+            .execute(move |state: &State| {
+                let events = effects(state);
+                (events.clone(), events)
+            })
+            .await?;
+        self.wake(&touched_runs(&events), range);
+        Ok((events, range))
+    }
+
+    fn wake(&self, runs: &BTreeSet<String>, range: SeqRange) {
+        if let Some(last) = range.last() {
+            for run_id in runs {
+                self.notifier.bump(run_id, last);
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The daemon's configuration: the flags and environment of PROTOCOL.md §9.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use car_projections::Retention;
+use chrono::TimeDelta;
+use clap::Parser;
+
+/// Default port (PROTOCOL.md §1).
+pub const DEFAULT_PORT: u16 = 9100;
+/// Default largest frame (PROTOCOL.md §1).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default gate timeout (PROTOCOL.md §5.2).
+pub const DEFAULT_APPROVAL_TIMEOUT_SECS: u64 = 60;
+/// Default tool callback timeout when an action gives none (PROTOCOL.md §4.2).
+pub const DEFAULT_TOOL_TIMEOUT_SECS: u64 = 300;
+/// Default GC period (PROTOCOL.md §9).
+pub const DEFAULT_GC_INTERVAL_SECS: u64 = 3600;
+/// Default connection cap: far above any single host's agent count, far below what
+/// would exhaust file descriptors with the usual `ulimit -n` raised for a daemon.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// The methods gated by default (PROTOCOL.md §5.2).
+pub const DEFAULT_GATED_METHODS: &[&str] = &[
+    "automation.run_applescript",
+    "automation.run_powershell",
+    "automation.shortcuts.run",
+    "messages.send",
+    "mail.send",
+    "vision.ocr",
+];
+
+/// `car-server`: the car daemon. Agents and host apps talk to it over a WebSocket
+/// (JSON-RPC 2.0, CAR protocol v2); everything it is told is appended to a durable event
+/// log in the data directory, and its state is rebuilt from that log at every start.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "car-server", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to listen on: `IP` or `IP:PORT`. Loopback by default: expose it knowingly.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
+    pub listen: String,
+
+    /// Port to listen on (replaces only the port of --listen).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+
+    /// Data directory: the event log and the token files [default: $CAR_HOME, else ~/.car]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Accept every session without a token (every session may do what a host and a client may).
+    #[arg(long, env = "CAR_NO_AUTH")]
+    pub no_auth: bool,
+
+    /// Turn the approval gate off.
+    #[arg(long, env = "CAR_NO_APPROVALS")]
+    pub no_approvals: bool,
+
+    /// How long a gated call waits for its approval, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_APPROVAL_TIMEOUT_SECS)]
+    pub approval_timeout: u64,
+
+    /// The gated methods and tools, comma-separated (replaces the default set).
+    #[arg(long, value_name = "M,M…", value_delimiter = ',')]
+    pub approval_methods: Option<Vec<String>>,
+
+    /// How long to wait for a tool callback when the action gives no timeout_ms, in seconds.
+    #[arg(long, env = "CAR_TOOL_TIMEOUT", value_name = "SECS", default_value_t = DEFAULT_TOOL_TIMEOUT_SECS)]
+    pub tool_timeout: u64,
+
+    /// Evict ended runs older than this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = car_projections::recovery::DEFAULT_RETENTION_DAYS)]
+    pub run_retention: i64,
+
+    /// Keep at most this many runs (the oldest ended runs beyond it are evicted).
+    #[arg(long, value_name = "N", default_value_t = car_projections::recovery::DEFAULT_MAX_RUNS)]
+    pub max_runs: usize,
+
+    /// Run retention every this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GC_INTERVAL_SECS)]
+    pub gc_interval: u64,
+
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// Most simultaneous connections; more are refused with HTTP 503.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+}
+
+/// The daemon's configuration, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Whether sessions must authenticate.
+    pub auth: bool,
+    /// The daemon token to use instead of a generated one (`CAR_AUTH_TOKEN`).
+    pub auth_token: Option<String>,
+    /// Whether the approval gate is on.
+    pub approvals: bool,
+    /// How long a gated call waits.
+    pub approval_timeout: Duration,
+    /// The gated methods and tools.
+    pub approval_methods: Vec<String>,
+    /// Tool callback timeout without `timeout_ms`.
+    pub tool_timeout: Duration,
+    /// Run retention.
+    pub retention: Retention,
+    /// GC period.
+    pub gc_interval: Duration,
+    /// Largest message.
+    pub max_message_bytes: usize,
+    /// Most connections.
+    pub max_connections: usize,
+    /// Server ping period (PROTOCOL.md §1: 30 s).
+    pub ping_interval: Duration,
+    /// Close a peer silent for this long (PROTOCOL.md §1: 90 s).
+    pub idle_timeout: Duration,
+    /// Runs left without an owner end this long after the owner leaves (§3.7: 250 ms).
+    pub disconnect_grace: Duration,
+    /// A request still unanswered after this long gets `-32004` (calls that wait for
+    /// people or tools by design, like proposals and approvals, have their own timeouts).
+    pub handler_deadline: Duration,
+}
+
+impl Config {
+    /// The defaults, with the data directory given (for tests and embedding).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
+            data_dir: data_dir.into(),
+            auth: true,
+            auth_token: None,
+            approvals: true,
+            approval_timeout: Duration::from_secs(DEFAULT_APPROVAL_TIMEOUT_SECS),
+            approval_methods: DEFAULT_GATED_METHODS
+                .iter()
+                .map(|m| (*m).to_owned())
+                .collect(),
+            tool_timeout: Duration::from_secs(DEFAULT_TOOL_TIMEOUT_SECS),
+            retention: Retention::default(),
+            gc_interval: Duration::from_secs(DEFAULT_GC_INTERVAL_SECS),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            disconnect_grace: Duration::from_millis(250),
+            handler_deadline: Duration::from_secs(30),
+        }
+    }
+
+    /// Resolves the command line and environment.
+    pub fn from_cli(cli: Cli) -> Result<Self, String> {
+        let mut listen = parse_listen(&cli.listen)?;
+        if let Some(port) = cli.port {
+            listen.set_port(port);
+        }
+        let data_dir = match cli.data_dir {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        if cli.run_retention < 0 {
+            return Err("--run-retention must be 0 or more days".into());
+        }
+        if cli.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if cli.gc_interval == 0 {
+            return Err("--gc-interval must be at least 1 second".into());
+        }
+        let auth_token = std::env::var("CAR_AUTH_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        let mut config = Self::new(data_dir);
+        config.listen = listen;
+        config.auth = !cli.no_auth;
+        config.auth_token = auth_token;
+        config.approvals = !cli.no_approvals;
+        config.approval_timeout = Duration::from_secs(cli.approval_timeout);
+        if let Some(methods) = cli.approval_methods {
+            config.approval_methods = methods
+                .into_iter()
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty())
+                .collect();
+        }
+        config.tool_timeout = Duration::from_secs(cli.tool_timeout);
+        config.retention = Retention {
+            max_age: TimeDelta::days(cli.run_retention),
+            max_runs: cli.max_runs,
+        };
+        config.gc_interval = Duration::from_secs(cli.gc_interval);
+        config.max_message_bytes = cli.max_message_bytes;
+        config.max_connections = cli.max_connections;
+        Ok(config)
+    }
+
+    /// The directory of the event log inside the data directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let host = text.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
+        .map_err(|_| format!("--listen {text:?}: expected IP or IP:PORT"))
+}
+
+/// `$CAR_HOME`, else `~/.car`.
+pub fn default_data_dir() -> Result<PathBuf, String> {
+    if let Some(home) = std::env::var_os("CAR_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    std::env::home_dir()
+        .map(|home| home.join(".car"))
+        .ok_or_else(|| "no home directory: give --data-dir or set CAR_HOME".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_an_ip_or_an_address_and_port_replaces_only_the_port() {
+        let cli = Cli::parse_from(["car-server", "--listen", "0.0.0.0", "--data-dir", "/x"]);
+        assert_eq!(
+            Config::from_cli(cli).unwrap().listen.to_string(),
+            "0.0.0.0:9100"
+        );
+        let cli = Cli::parse_from(["car-server", "--port", "9200", "--data-dir", "/x"]);
+        assert_eq!(
+            Config::from_cli(cli).unwrap().listen.to_string(),
+            "127.0.0.1:9200"
+        );
+        let cli = Cli::parse_from(["car-server", "--listen", "[::1]:1234", "--data-dir", "/x"]);
+        assert_eq!(
+            Config::from_cli(cli).unwrap().listen.to_string(),
+            "[::1]:1234"
+        );
+        let cli = Cli::parse_from(["car-server", "--listen", "nope", "--data-dir", "/x"]);
+        assert!(Config::from_cli(cli).is_err());
+    }
+
+    #[test]
+    fn approval_methods_replace_the_default_set() {
+        let cli = Cli::parse_from([
+            "car-server",
+            "--approval-methods",
+            "runs.start, tool:x",
+            "--data-dir",
+            "/x",
+        ]);
+        let config = Config::from_cli(cli).unwrap();
+        assert_eq!(config.approval_methods, ["runs.start", "tool:x"]);
+    }
+}

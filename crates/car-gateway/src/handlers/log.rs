@@ -1,0 +1,193 @@
+//! `log.read`, `log.subscribe`, `log.unsubscribe` (PROTOCOL.md §7): the raw log, for
+//! host sessions.
+
+use car_events::event::{Event, SubscriptionTarget};
+use car_events::{EventJson, Seq};
+use car_projections::decide::{Command, Subscribe, SubscriptionSelector, Unsubscribe};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::connection::{Responder, Session};
+use crate::handlers::runs::read_blocking;
+use crate::rpc::{self, RpcError};
+use crate::tail;
+
+/// `log.read` default and maximum page (PROTOCOL.md §7).
+const DEFAULT_READ_LIMIT: usize = 1000;
+const MAX_READ_LIMIT: usize = 10_000;
+/// With a `kinds` filter, one call scans at most this many events before answering (with
+/// `next_seq` where to go on), so a rare kind never makes one call scan the whole log.
+const MAX_SCAN: usize = 100_000;
+
+fn require_host(session: &Session, method: &str) -> Result<(), RpcError> {
+    if session.actor()?.has_host_rights() {
+        Ok(())
+    } else {
+        Err(RpcError::Internal(format!(
+            "{method} requires a host session"
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadParams {
+    from_seq: Option<Seq>,
+    limit: Option<usize>,
+    kinds: Option<Vec<String>>,
+}
+
+/// `log.read`.
+pub(crate) async fn read(session: &mut Session, params: Value, responder: Responder) {
+    let prepared = require_host(session, "log.read").and_then(|()| {
+        let params: ReadParams = rpc::parse(params)?;
+        if let Some(kinds) = &params.kinds {
+            for (i, kind) in kinds.iter().enumerate() {
+                if !Event::KINDS.contains(&kind.as_str()) {
+                    return Err(RpcError::params(
+                        &format!("kinds[{i}]"),
+                        format!("unknown kind `{kind}`"),
+                    ));
+                }
+            }
+        }
+        let limit = match params.limit {
+            None => DEFAULT_READ_LIMIT,
+            Some(0) => return Err(RpcError::params("limit", "must be at least 1")),
+            Some(n) => n.min(MAX_READ_LIMIT),
+        };
+        Ok((params.from_seq.unwrap_or(1).max(1), limit, params.kinds))
+    });
+    let (from, limit, kinds) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let after_writes = session.fence.reads_after_writes();
+    let app = session.app.clone();
+    session.reply_later(responder, async move {
+        after_writes.await;
+        let head = app.writer.durable().seq;
+        let log = app.writer.log().clone();
+        let (events, next) = read_blocking(move || {
+            let mut events = Vec::new();
+            let mut next = from;
+            for item in log.read_from(from).take(MAX_SCAN) {
+                let env = item?;
+                if env.seq > head || events.len() == limit {
+                    break;
+                }
+                next = env.seq + 1;
+                if kinds
+                    .as_ref()
+                    .is_none_or(|k| k.iter().any(|k| k == env.event.kind()))
+                {
+                    events.push(EventJson::from_envelope(&env));
+                }
+            }
+            Ok::<_, car_events::LogError>((events, next))
+        })
+        .await?;
+        Ok(json!({"events": events, "next_seq": next, "head_seq": head}))
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscribeParams {
+    from_seq: Option<Seq>,
+}
+
+/// `log.subscribe`: every event from `from_seq` (default: the one after the subscription)
+/// on, in order, without gap or duplicate.
+pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: Responder) {
+    let queued = async {
+        require_host(session, "log.subscribe")?;
+        let params: SubscribeParams = rpc::parse(params)?;
+        let actor = session.actor()?.clone();
+        let subscription_id = session.app.new_id();
+        let id = subscription_id.clone();
+        // The default start is the event after the subscription's own: its seq is the
+        // head the decision sees, plus one.
+        let submitted = session
+            .app
+            .submit_with(
+                move |state| {
+                    Command::Subscribe(Subscribe {
+                        actor,
+                        subscription_id: id,
+                        target: SubscriptionTarget::Log {
+                            from_seq: params.from_seq.unwrap_or(state.head() + 2).max(1),
+                        },
+                    })
+                },
+                |_, events: &[Event]| match events.last() {
+                    Some(Event::SubscriptionOpened(e)) => match e.target {
+                        SubscriptionTarget::Log { from_seq } => from_seq,
+                        _ => 1,
+                    },
+                    _ => 1,
+                },
+            )
+            .await?;
+        Ok::<_, RpcError>((subscription_id, submitted))
+    }
+    .await;
+    let (subscription_id, submitted) = match queued {
+        Ok(queued) => queued,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    let cancel = session.subscription(format!("log:{subscription_id}"));
+    let app = session.app.clone();
+    let out = session.out.clone();
+    tokio::spawn(async move {
+        let done = {
+            let _ticket = ticket;
+            submitted.wait().await
+        };
+        let done = match done {
+            Ok(Ok(done)) => done,
+            Ok(Err(refusal)) => return responder.send(Err(refusal.into())).await,
+            Err(err) => return responder.send(Err(err)).await,
+        };
+        let head = done.range.last().unwrap_or_default();
+        responder
+            .send(Ok(
+                json!({"subscription_id": subscription_id, "head_seq": head}),
+            ))
+            .await;
+        tail::follow_log(app, out, subscription_id, done.out, cancel).await;
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct UnsubscribeParams {
+    subscription_id: String,
+}
+
+/// `log.unsubscribe`.
+pub(crate) async fn unsubscribe(session: &mut Session, params: Value, responder: Responder) {
+    let prepared = require_host(session, "log.unsubscribe")
+        .and_then(|()| rpc::parse::<UnsubscribeParams>(params));
+    let params = match prepared {
+        Ok(params) => params,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    session.end_subscription(&format!("log:{}", params.subscription_id));
+    let command = Command::Unsubscribe(Unsubscribe {
+        client_id: session.client_id.clone(),
+        selector: SubscriptionSelector::Id(params.subscription_id),
+    });
+    let submitted = match session
+        .app
+        .submit(command, |_, events| !events.is_empty())
+        .await
+    {
+        Ok(submitted) => submitted,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    session.reply_later(responder, async move {
+        let _ticket = ticket;
+        let removed = submitted.wait().await??.out;
+        Ok(json!({"removed": removed}))
+    });
+}

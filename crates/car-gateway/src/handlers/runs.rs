@@ -1,0 +1,414 @@
+//! `runs.*` (PROTOCOL.md §3).
+//!
+//! Writes are queued on the single writer from the reader task (so a session's writes
+//! keep their order) and answered from a spawned task once durable. Reads wait for the
+//! session's earlier writes, read the state, and read turns back from the log through the
+//! run's index.
+
+use car_events::event::{Event, SubscriptionTarget};
+use car_projections::decide::{
+    AdmittedTurns, Command, CompleteRun, RecordTurns, StartRun, Subscribe, SubscriptionSelector,
+    Unsubscribe,
+};
+use car_projections::{Refusal, Run, RunStatus, State, trace};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::connection::{Responder, Session};
+use crate::rpc::{self, RpcError};
+use crate::tail;
+
+/// The largest response `runs.get_trace` and `runs.subscribe` build, in bytes of turn JSON;
+/// past it they stop early and the client pages on with the returned cursor. Keeps every
+/// frame well under the 16 MiB that clients accept by default.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// `runs.list` default and maximum page size (PROTOCOL.md §3.6).
+const DEFAULT_LIST_LIMIT: u64 = 100;
+const MAX_LIST_LIMIT: u64 = 1000;
+
+#[derive(Debug, Deserialize)]
+struct StartParams {
+    intent: String,
+    agent_id: Option<String>,
+    agent_name: Option<String>,
+    outcome_description: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// `runs.start`: answered inline, so the run is the session's current run before the
+/// response is sent (and before the next frame is read).
+pub(crate) async fn start(session: &mut Session, params: Value, responder: Responder) {
+    let result = start_run(session, params).await;
+    responder.send(result).await;
+}
+
+async fn start_run(session: &mut Session, params: Value) -> Result<Value, RpcError> {
+    let params: StartParams = rpc::parse(params)?;
+    let actor = session.actor()?.clone();
+    let app = session.app.clone();
+    let command = Command::StartRun(StartRun {
+        actor,
+        new_run_id: app.new_id(),
+        intent: params.intent,
+        agent_id: params.agent_id,
+        agent_name: params.agent_name,
+        outcome_description: params.outcome_description,
+        idempotency_key: params.idempotency_key.clone(),
+    });
+    let key = params.idempotency_key;
+    let done = app
+        .execute(
+            command,
+            move |state: &State, events: &[Event]| match events.first() {
+                Some(Event::RunStarted(e)) => Some((e.run_id.clone(), e.agent_id.clone())),
+                _ => {
+                    // Idempotent: the run (or the evicted run) that already has this key.
+                    let key = key.unwrap_or_default();
+                    let key = key.trim();
+                    let agent = state
+                        .run(key)
+                        .map(|run| run.agent_id.clone())
+                        .or_else(|| state.retired_key(key).map(str::to_owned))?;
+                    Some((key.to_owned(), agent))
+                }
+            },
+        )
+        .await??;
+    let (run_id, agent_id) = done
+        .out
+        .ok_or_else(|| RpcError::Internal("internal error: run not found after start".into()))?;
+    session.current_run = Some(run_id.clone());
+    Ok(json!({"run_id": run_id, "agent_id": agent_id}))
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordParams {
+    run_id: String,
+    turns: Vec<Value>,
+}
+
+/// `runs.record_turns`.
+pub(crate) async fn record_turns(session: &mut Session, params: Value, responder: Responder) {
+    let queued = async {
+        let params: RecordParams = rpc::parse(params)?;
+        let turns = AdmittedTurns::admit(&params.turns)?;
+        let actor = session.actor()?.clone();
+        let run_id = params.run_id.clone();
+        let command = Command::RecordTurns(RecordTurns {
+            actor,
+            run_id: params.run_id,
+            turns,
+        });
+        let submitted = session
+            .app
+            .submit(command, |_, events: &[Event]| match events.first() {
+                Some(Event::TurnsRecorded(e)) => (e.base_index, e.turns.len()),
+                _ => (0, 0),
+            })
+            .await?;
+        Ok::<_, RpcError>((run_id, submitted))
+    }
+    .await;
+    let (run_id, submitted) = match queued {
+        Ok(queued) => queued,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    session.reply_later(responder, async move {
+        let _ticket = ticket;
+        match submitted.wait().await? {
+            Ok(done) => {
+                let (base_index, count) = done.out;
+                Ok(json!({"run_id": run_id, "base_index": base_index, "count": count, "ok": true}))
+            }
+            Err(Refusal::Dropped(dropped)) => Ok(json!({
+                "run_id": run_id, "base_index": 0, "count": 0, "ok": false,
+                "dropped": dropped.as_str(),
+            })),
+            Err(refusal) => Err(refusal.into()),
+        }
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct CompleteParams {
+    run_id: String,
+    outcome: Value,
+}
+
+/// `runs.complete`.
+pub(crate) async fn complete(session: &mut Session, params: Value, responder: Responder) {
+    let queued = async {
+        let params: CompleteParams = rpc::parse(params)?;
+        let command = Command::CompleteRun(CompleteRun {
+            actor: session.actor()?.clone(),
+            run_id: params.run_id.clone(),
+            outcome: params.outcome,
+        });
+        let submitted = session.app.submit(command, |_, _| ()).await?;
+        Ok::<_, RpcError>((params.run_id, submitted))
+    }
+    .await;
+    let (run_id, submitted) = match queued {
+        Ok(queued) => queued,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    session.reply_later(responder, async move {
+        let _ticket = ticket;
+        submitted.wait().await??;
+        Ok(json!({"run_id": run_id, "ok": true}))
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    agent_id: Option<String>,
+    status: Option<String>,
+    limit: Option<u64>,
+    before: Option<String>,
+}
+
+/// `runs.list`.
+pub(crate) async fn list(session: &mut Session, params: Value, responder: Responder) {
+    let prepared = (|| {
+        let params: ListParams = rpc::parse(params)?;
+        let status = match params.status.as_deref() {
+            None => None,
+            Some(name) => Some(RunStatus::parse(name).ok_or_else(|| {
+                RpcError::params("status", "must be in_progress, completed or incomplete")
+            })?),
+        };
+        let limit = match params.limit {
+            None => DEFAULT_LIST_LIMIT,
+            Some(0) => return Err(RpcError::params("limit", "must be at least 1")),
+            Some(n) => n.min(MAX_LIST_LIMIT),
+        } as usize;
+        Ok((
+            params.agent_id,
+            status,
+            limit,
+            params.before,
+            session.actor()?.clone(),
+        ))
+    })();
+    let (agent_id, status, limit, before, actor) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let after_writes = session.fence.reads_after_writes();
+    let app = session.app.clone();
+    session.reply_later(responder, async move {
+        after_writes.await;
+        let runs = app
+            .writer
+            .read(|state| {
+                let before_seq = match &before {
+                    None => None,
+                    Some(id) => match state.readable_run(&actor, id) {
+                        Some(run) => Some(run.started_seq),
+                        None => {
+                            return Err(RpcError::params(
+                                "before",
+                                format!("unknown run_id `{id}`"),
+                            ));
+                        }
+                    },
+                };
+                Ok(state
+                    .runs()
+                    .rev()
+                    .filter(|run| before_seq.is_none_or(|b| run.started_seq < b))
+                    .filter(|run| state.is_reader(&actor, run))
+                    .filter(|run| agent_id.as_deref().is_none_or(|a| run.agent_id == a))
+                    .filter(|run| status.is_none_or(|s| run.status() == s))
+                    .take(limit)
+                    .map(trace::summary)
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let agent_id = agent_id.or_else(|| actor.bound_agent().map(str::to_owned));
+        Ok(json!({"agent_id": agent_id, "runs": runs}))
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct TraceParams {
+    run_id: String,
+    cursor: Option<u64>,
+}
+
+/// `runs.get_trace`.
+pub(crate) async fn get_trace(session: &mut Session, params: Value, responder: Responder) {
+    let prepared =
+        rpc::parse::<TraceParams>(params).and_then(|p| Ok((p, session.actor()?.clone())));
+    let (params, actor) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let after_writes = session.fence.reads_after_writes();
+    let app = session.app.clone();
+    session.reply_later(responder, async move {
+        after_writes.await;
+        let run_id = params.run_id;
+        let found = app
+            .writer
+            .read(|state| state.readable_run(&actor, &run_id).cloned())
+            .await;
+        let Some(run) = found else {
+            return Ok(json!({"run_id": run_id, "not_found": true}));
+        };
+        let position = usize::try_from(params.cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        let log = app.writer.log().clone();
+        let records = read_blocking(move || trace::trace_records(log.as_ref(), &run, position, MAX_RESPONSE_BYTES).map(|r| (r, run))).await?;
+        let (records, run) = records;
+        let cursor = position.min(run.turn_count as usize + 2) + records.len();
+        Ok(json!({"run_id": run.run_id, "agent_id": run.agent_id, "records": records, "cursor": cursor}))
+    });
+}
+
+/// Runs a log read off the async workers.
+pub(crate) async fn read_blocking<T, E>(
+    read: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, RpcError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => {
+            tracing::error!(%err, "reading the log failed");
+            Err(RpcError::Internal(
+                "internal error: the event log could not be read".into(),
+            ))
+        }
+        Err(err) => {
+            tracing::error!(%err, "a log read panicked");
+            Err(RpcError::Internal("internal error".into()))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscribeParams {
+    run_id: String,
+    cursor: Option<u32>,
+}
+
+/// `runs.subscribe`: the snapshot is the run as of the `subscription.opened` event, and
+/// the tail continues from exactly there.
+pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: Responder) {
+    let queued = async {
+        let params: SubscribeParams = rpc::parse(params)?;
+        let cursor = params.cursor.unwrap_or(0);
+        let command = Command::Subscribe(Subscribe {
+            actor: session.actor()?.clone(),
+            subscription_id: session.app.new_id(),
+            target: SubscriptionTarget::Run {
+                run_id: params.run_id.clone(),
+                cursor,
+            },
+        });
+        let run_id = params.run_id.clone();
+        let submitted = session
+            .app
+            .submit(command, move |state: &State, _| state.run(&run_id).cloned())
+            .await?;
+        Ok::<_, RpcError>((params.run_id, cursor, submitted))
+    }
+    .await;
+    let (run_id, cursor, submitted) = match queued {
+        Ok(queued) => queued,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    let cancel = session.subscription(format!("run:{run_id}"));
+    let app = session.app.clone();
+    let out = session.out.clone();
+    tokio::spawn(async move {
+        let snapshot: Result<Option<Run>, RpcError> = async {
+            let _ticket = ticket;
+            match submitted.wait().await? {
+                Ok(done) => Ok(done.out),
+                Err(Refusal::NotFound) => Ok(None),
+                Err(refusal) => Err(refusal.into()),
+            }
+        }
+        .await;
+        let run = match snapshot {
+            Ok(Some(run)) => run,
+            Ok(None) => {
+                cancel.cancel();
+                return responder
+                    .send(Ok(json!({"run_id": run_id, "not_found": true})))
+                    .await;
+            }
+            Err(err) => {
+                cancel.cancel();
+                return responder.send(Err(err)).await;
+            }
+        };
+        let from = cursor.min(run.turn_count);
+        let log = app.writer.log().clone();
+        let snap = run.clone();
+        let turns = read_blocking(move || {
+            trace::turn_records(
+                log.as_ref(),
+                &snap.run_id,
+                &snap.turn_batches,
+                from,
+                snap.turn_count,
+                MAX_RESPONSE_BYTES,
+            )
+        })
+        .await;
+        let turns = match turns {
+            Ok(turns) => turns,
+            Err(err) => return responder.send(Err(err)).await,
+        };
+        let next = from + turns.len() as u32;
+        responder
+            .send(Ok(json!({
+                "run_id": run.run_id,
+                "agent_id": run.agent_id,
+                "turns_so_far": turns,
+                "cursor": next,
+                "status": run.status().as_str(),
+            })))
+            .await;
+        tail::follow_run(app, out, run.run_id, next, cancel).await;
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct UnsubscribeParams {
+    run_id: String,
+}
+
+/// `runs.unsubscribe`.
+pub(crate) async fn unsubscribe(session: &mut Session, params: Value, responder: Responder) {
+    let params: UnsubscribeParams = match rpc::parse(params) {
+        Ok(params) => params,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    session.end_subscription(&format!("run:{}", params.run_id));
+    let command = Command::Unsubscribe(Unsubscribe {
+        client_id: session.client_id.clone(),
+        selector: SubscriptionSelector::Run(params.run_id.clone()),
+    });
+    let submitted = match session
+        .app
+        .submit(command, |_, events| !events.is_empty())
+        .await
+    {
+        Ok(submitted) => submitted,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    session.reply_later(responder, async move {
+        let _ticket = ticket;
+        let removed = submitted.wait().await??.out;
+        Ok(json!({"run_id": params.run_id, "removed": removed}))
+    });
+}

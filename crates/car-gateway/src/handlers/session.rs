@@ -1,0 +1,105 @@
+//! `session.auth` and `server.handshake` (PROTOCOL.md §2).
+
+use car_events::event::Role;
+use car_projections::Actor;
+use car_projections::decide::{Authenticate, Command};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::connection::{Responder, Session};
+use crate::rpc::{self, RpcError};
+
+/// The only protocol version spoken.
+pub(crate) const PROTOCOL_VERSION: u64 = 2;
+
+#[derive(Debug, Deserialize)]
+struct AuthParams {
+    token: Option<String>,
+    agent_id: Option<String>,
+    host_token: Option<String>,
+}
+
+/// `session.auth`.
+pub(crate) async fn auth(session: &mut Session, params: Value, responder: Responder) {
+    let result = authenticate(session, params).await;
+    responder.send(result).await;
+}
+
+async fn authenticate(session: &mut Session, params: Value) -> Result<Value, RpcError> {
+    if session.authenticated {
+        return Err(RpcError::InvalidRequest("already authenticated".into()));
+    }
+    let params: AuthParams = rpc::parse(params)?;
+    let app = session.app.clone();
+    let auth_enabled = app.config.auth;
+    let agent_id = params.agent_id.filter(|a| !a.trim().is_empty());
+    let (role, granted) = match (&params.host_token, &params.token) {
+        (Some(host_token), _) => (Role::Host, app.tokens.host.matches(host_token)),
+        (None, Some(token)) => {
+            let role = if agent_id.is_some() {
+                Role::Agent
+            } else {
+                Role::Client
+            };
+            (role, app.tokens.auth.matches(token))
+        }
+        (None, None) if !auth_enabled => {
+            let role = if agent_id.is_some() {
+                Role::Agent
+            } else {
+                Role::Client
+            };
+            (role, true)
+        }
+        (None, None) => return Err(RpcError::params("token", "required (or host_token)")),
+    };
+    if auth_enabled && !granted {
+        tracing::info!(client_id = %session.client_id, "auth failed: token mismatch");
+        return Err(RpcError::Internal("auth failed: token mismatch".into()));
+    }
+    let agent_id = agent_id.filter(|_| role == Role::Agent);
+    let command = Command::Authenticate(Authenticate {
+        client_id: session.client_id.clone(),
+        role,
+        agent_id: agent_id.clone(),
+    });
+    app.execute(command, |_, _| ()).await??;
+    let mut actor = Actor::new(session.client_id.clone(), role, agent_id.clone());
+    actor.unrestricted = !auth_enabled;
+    session.actor = Some(actor);
+    session.authenticated = true;
+    let mut result = json!({"ok": true, "auth_enabled": auth_enabled, "role": role.as_str()});
+    if let Some(agent_id) = agent_id {
+        result["agent_id"] = Value::from(agent_id);
+    }
+    Ok(result)
+}
+
+#[derive(Debug, Deserialize)]
+struct HandshakeParams {
+    protocol_version: Option<Value>,
+    #[allow(dead_code)]
+    client_version: Option<Value>,
+}
+
+/// `server.handshake`.
+pub(crate) async fn handshake(session: &mut Session, params: Value, responder: Responder) {
+    let result =
+        rpc::parse::<HandshakeParams>(params).and_then(|params| match params.protocol_version {
+            Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION) => {
+                session.handshake = true;
+                Ok(json!({
+                    "protocol_version": PROTOCOL_VERSION,
+                    "server_version": env!("CARGO_PKG_VERSION"),
+                    "client_protocol_version": PROTOCOL_VERSION,
+                }))
+            }
+            Some(other) => Err(RpcError::VersionMismatch(format!(
+                "server speaks {PROTOCOL_VERSION}, client sent {other}"
+            ))),
+            None => Err(RpcError::VersionMismatch(format!(
+                "server speaks {PROTOCOL_VERSION}, client sent no protocol_version"
+            ))),
+        });
+    responder.send(result).await;
+}

@@ -1,0 +1,154 @@
+//! The daemon and host tokens: generated at start, written to `auth-token` and
+//! `host-token` in the data directory (mode 0600), compared in constant time, removed at a
+//! clean stop.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Token file of the daemon token.
+pub const AUTH_TOKEN_FILE: &str = "auth-token";
+/// Token file of the host token.
+pub const HOST_TOKEN_FILE: &str = "host-token";
+/// Random bytes per token (PROTOCOL.md §9: 32, i.e. 43 base64url characters).
+const TOKEN_BYTES: usize = 32;
+
+/// A secret compared in constant time.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl Secret {
+    /// A fresh random token.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// A given token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// Whether `offered` is this token. The comparison takes the same time whatever the
+    /// offered value (both sides are hashed first, so even the length does not leak).
+    pub fn matches(&self, offered: &str) -> bool {
+        let expected = Sha256::digest(self.0.as_bytes());
+        let offered = Sha256::digest(offered.as_bytes());
+        expected.ct_eq(&offered).into()
+    }
+
+    /// The token text (to write the token file).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The two tokens and where they are written.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The daemon token (roles `client` and `agent`).
+    pub auth: Secret,
+    /// The host token (role `host`).
+    pub host: Secret,
+    /// Path of `auth-token`.
+    pub auth_path: PathBuf,
+    /// Path of `host-token`.
+    pub host_path: PathBuf,
+}
+
+impl Tokens {
+    /// Generates the tokens (the daemon token may be given) and writes them, mode 0600.
+    pub fn create(data_dir: &Path, auth_token: Option<String>) -> std::io::Result<Self> {
+        let tokens = Self {
+            auth: auth_token.map(Secret::new).unwrap_or_else(Secret::generate),
+            host: Secret::generate(),
+            auth_path: data_dir.join(AUTH_TOKEN_FILE),
+            host_path: data_dir.join(HOST_TOKEN_FILE),
+        };
+        write_secret(&tokens.auth_path, &tokens.auth)?;
+        write_secret(&tokens.host_path, &tokens.host)?;
+        Ok(tokens)
+    }
+
+    /// Removes the token files (clean stop).
+    pub fn remove(&self) {
+        for path in [&self.auth_path, &self.host_path] {
+            if let Err(err) = fs::remove_file(path) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %err, "could not remove token file");
+                }
+            }
+        }
+    }
+}
+
+/// Writes a token file atomically: a 0600 temporary file renamed over the target, so a
+/// reader never sees a partial token and the token is never readable by others.
+fn write_secret(path: &Path, secret: &Secret) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(secret.expose().as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Reads a token file (for clients and tests): the token without its newline.
+pub fn read_token(path: &Path) -> std::io::Result<String> {
+    Ok(fs::read_to_string(path)?.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_43_chars_0600_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::create(dir.path(), None).unwrap();
+        for path in [&tokens.auth_path, &tokens.host_path] {
+            let token = read_token(path).unwrap();
+            assert_eq!(token.len(), 43);
+            assert!(
+                token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            );
+            let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert_ne!(tokens.auth.expose(), tokens.host.expose());
+        tokens.remove();
+        assert!(!tokens.auth_path.exists() && !tokens.host_path.exists());
+    }
+
+    #[test]
+    fn a_given_daemon_token_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::create(dir.path(), Some("s3cret".into())).unwrap();
+        assert_eq!(read_token(&tokens.auth_path).unwrap(), "s3cret");
+        assert!(tokens.auth.matches("s3cret"));
+        assert!(!tokens.auth.matches("s3cre"));
+        assert!(!tokens.auth.matches(""));
+    }
+}

@@ -35,7 +35,7 @@ pub const DEFAULT_GATED_METHODS: &[&str] = &[
 /// (JSON-RPC 2.0, CAR protocol v2); everything it is told is appended to a durable event
 /// log in the data directory, and its state is rebuilt from that log at every start.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "car-server", version, about, long_about = None)]
+#[command(name = "car-server", version)]
 pub struct Cli {
     /// Address to listen on: `IP` or `IP:PORT`. Loopback by default: expose it knowingly.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
@@ -88,6 +88,18 @@ pub struct Cli {
     /// Most simultaneous connections; more are refused with HTTP 503.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Server ping period in milliseconds (tests; the protocol's is 30 000).
+    #[arg(long, hide = true, default_value_t = 30_000)]
+    pub ping_interval_ms: u64,
+
+    /// Close a peer silent this long, in milliseconds (tests; the protocol's is 90 000).
+    #[arg(long, hide = true, default_value_t = 90_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Grace before a departed owner's runs end, in milliseconds (tests; protocol: 250).
+    #[arg(long, hide = true, default_value_t = 250)]
+    pub disconnect_grace_ms: u64,
 }
 
 /// The daemon's configuration, resolved.
@@ -198,6 +210,9 @@ impl Config {
         config.gc_interval = Duration::from_secs(cli.gc_interval);
         config.max_message_bytes = cli.max_message_bytes;
         config.max_connections = cli.max_connections;
+        config.ping_interval = Duration::from_millis(cli.ping_interval_ms.max(1));
+        config.idle_timeout = Duration::from_millis(cli.idle_timeout_ms.max(1));
+        config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
         Ok(config)
     }
 

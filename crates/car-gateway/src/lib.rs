@@ -6,9 +6,11 @@
 //! - `tail`: live subscriptions as cursors over the log;
 //! - [`app`]: what connections share: the single writer, the notifier, the tokens;
 //! - [`rpc`]: JSON-RPC framing and the one error mapping;
-//! - [`config`], [`tokens`]: flags, environment, token files.
+//! - [`config`], [`tokens`]: flags, environment, token files;
+//! - [`cli`]: the `car-server` command line.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 mod connection;
 pub mod daemon;

@@ -138,6 +138,35 @@ mod tests {
         assert_eq!((seq, ts, event), (env.seq, env.ts, env.event));
     }
 
+    /// Regression: the rendering parses the stored JSON text; serde_json's default float
+    /// parser is not exact, so some numbers came back one ulp off (the stored
+    /// `2.219502251640549e-308` rendered as `2.2195022516405486e-308`). Fixed by the
+    /// `float_roundtrip` feature.
+    #[test]
+    fn rendering_keeps_every_float_exactly() {
+        let stored = "[2.219502251640549e-308,5.7962607712675695e-186,4.2590279540301565e+86]";
+        let env = Envelope {
+            seq: 1,
+            event_id: Uuid::nil(),
+            ts: DateTime::<Utc>::from_timestamp_millis(0).unwrap(),
+            schema_version: 1,
+            event: Event::TurnsRecorded(TurnsRecorded {
+                run_id: "r".into(),
+                base_index: 0,
+                turns: vec![JsonText::parse(stored).unwrap()],
+            }),
+        };
+        let json = EventJson::from_envelope(&env);
+        let expected: Vec<f64> = vec![
+            2.219502251640549e-308,
+            5.7962607712675695e-186,
+            4.2590279540301565e86,
+        ];
+        assert_eq!(json.data["turns"][0], serde_json::json!(expected));
+        let (_, _, event) = json.into_parts().unwrap();
+        assert_eq!(event, env.event);
+    }
+
     #[test]
     fn unknown_kind_is_an_error_naming_the_seq() {
         let json = EventJson {

@@ -19,6 +19,8 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -37,6 +39,8 @@ const HOLDER_FILE: &str = "holder.pid";
 /// sled's page cache. sled's default (1 GiB) is more than the daemon needs: the hot part of
 /// the log is the recent tail, which the writer also caches.
 const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// How long [`SledLog::open`] waits for a lock held by nobody recorded (see [`open_db`]).
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// How to open a [`SledLog`].
 #[derive(Debug, Clone)]
@@ -116,12 +120,7 @@ impl SledLog {
             };
             return Err(LogError::NotALog { dir, reason });
         }
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(options.cache_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(&dir, e))?;
+        let db = open_db(&dir, &options)?;
         write_holder(&dir);
 
         let meta = db.open_tree("meta").map_err(io_error)?;
@@ -314,6 +313,33 @@ fn verify_tail(events: &sled::Tree) -> Result<Option<TailRepair>, LogError> {
     Ok(Some(repair))
 }
 
+/// Opens sled, waiting briefly for this process's own previous handle to let go.
+///
+/// sled releases its file lock only when the last of its background I/O threads drops its
+/// reference to the database, which can be a moment *after* the last [`SledLog`] on the
+/// directory was dropped (rarely after a clean drop; often after an I/O error). A lock that
+/// is held while no holder is recorded ([`HOLDER_FILE`] is written right after a
+/// successful open and removed on drop) is that moment, so it is retried for up to
+/// [`RELEASE_WAIT`]; a recorded holder is refused at once.
+fn open_db(dir: &Path, options: &OpenOptions) -> Result<sled::Db, LogError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
+            .open();
+        match opened.map_err(|e| open_error(dir, e)) {
+            Err(LogError::Locked { pid: None, .. }) if started.elapsed() < RELEASE_WAIT => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_error(dir: &Path, err: sled::Error) -> LogError {
     if let sled::Error::Io(io_err) = &err {
         if io_err.to_string().contains("could not acquire lock") {
@@ -449,6 +475,22 @@ mod tests {
         assert_eq!(log.head(), 2);
         log.append(&[env(3)]).unwrap();
         assert_eq!(log.get(3).unwrap(), Some(env(3)));
+    }
+
+    /// Regression: sled lets go of its file lock only when its last background I/O thread
+    /// drops the database, a moment after the last handle is dropped, so an immediate
+    /// reopen in the same process used to fail now and then (about 1 in 100 reopens) with
+    /// "in use by another process" and no pid.
+    #[test]
+    fn reopening_right_after_drop_is_never_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in 1..=400 {
+            let log = SledLog::open(dir.path(), OpenOptions::default())
+                .unwrap_or_else(|e| panic!("reopen {seq}: {e}"));
+            log.append(&[env(seq)]).unwrap();
+        }
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        assert_eq!(log.head(), 400);
     }
 
     #[test]

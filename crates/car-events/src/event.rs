@@ -179,6 +179,10 @@ pub struct SessionAuthenticated {
 pub struct SessionClosed {
     /// The session.
     pub client_id: String,
+    /// Its role when it ended (`None`: it never authenticated).
+    pub role: Option<Role>,
+    /// The agent it was bound to.
+    pub agent_id: Option<String>,
     /// Why (`"closed"`, `"timeout"`, `"daemon_restart"`, …).
     pub reason: String,
 }
@@ -218,6 +222,8 @@ pub struct TurnsRecorded {
 pub struct RunEnded {
     /// The run.
     pub run_id: String,
+    /// Its agent (so the event tells the whole story without the run's start).
+    pub agent_id: String,
     /// How it ended.
     pub termination: Termination,
 }
@@ -227,6 +233,8 @@ pub struct RunEnded {
 pub struct RunEvicted {
     /// The run.
     pub run_id: String,
+    /// Its agent.
+    pub agent_id: String,
     /// Which retention rule.
     pub reason: EvictionReason,
 }

@@ -458,8 +458,11 @@ fn close_session(state: &State, c: &CloseSession) -> Vec<Event> {
             }));
         }
     }
+    let session = state.session(&c.client_id);
     events.push(Event::SessionClosed(SessionClosed {
         client_id: c.client_id.clone(),
+        role: session.and_then(|s| s.role),
+        agent_id: session.and_then(|s| s.agent_id.clone()),
         reason: c.reason.clone(),
     }));
     events
@@ -572,6 +575,7 @@ fn complete_run(state: &State, c: &CompleteRun) -> Result<Vec<Event>, Refusal> {
     }
     Ok(vec![Event::RunEnded(RunEnded {
         run_id: run.run_id.clone(),
+        agent_id: run.agent_id.clone(),
         termination: Termination::Outcome {
             outcome: JsonText::from_value(&c.outcome),
         },
@@ -590,6 +594,7 @@ fn end_abandoned_runs(state: &State, c: &EndAbandonedRuns) -> Vec<Event> {
         .map(|run| {
             Event::RunEnded(RunEnded {
                 run_id: run.run_id.clone(),
+                agent_id: run.agent_id.clone(),
                 termination: Termination::Incomplete {
                     reason: IncompleteReason::Disconnected,
                 },

@@ -108,12 +108,15 @@ fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event
     for run in state.runs().filter(|run| !run.is_ended()) {
         events.push(Event::RunEnded(RunEnded {
             run_id: run.run_id.clone(),
+            agent_id: run.agent_id.clone(),
             termination: Termination::Incomplete { reason },
         }));
     }
     for session in state.sessions() {
         events.push(Event::SessionClosed(SessionClosed {
             client_id: session.client_id.clone(),
+            role: session.role,
+            agent_id: session.agent_id.clone(),
             reason: why.into(),
         }));
     }
@@ -144,6 +147,7 @@ fn evict(
                 evicted.insert(&run.run_id);
                 events.push(Event::RunEvicted(RunEvicted {
                     run_id: run.run_id.clone(),
+                    agent_id: run.agent_id.clone(),
                     reason: EvictionReason::Age,
                 }));
             }
@@ -159,6 +163,7 @@ fn evict(
             retained -= 1;
             events.push(Event::RunEvicted(RunEvicted {
                 run_id: run.run_id.clone(),
+                agent_id: run.agent_id.clone(),
                 reason: EvictionReason::Count,
             }));
         }

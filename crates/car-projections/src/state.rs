@@ -319,6 +319,16 @@ pub enum Contradiction {
     /// A turn or a second terminal after a run's end.
     #[error("run `{0}` has already ended")]
     RunEnded(String),
+    /// An event names a run with another agent than the run's.
+    #[error("run `{run_id}` belongs to agent `{expected}`, not `{got}`")]
+    AgentMismatch {
+        /// The run.
+        run_id: String,
+        /// Its agent.
+        expected: String,
+        /// The agent the event names.
+        got: String,
+    },
     /// An eviction of a run that has not ended.
     #[error("run `{0}` is still in progress")]
     RunInProgress(String),
@@ -380,6 +390,18 @@ pub enum Contradiction {
     /// A proposal id already in progress.
     #[error("proposal `{0}` is already in progress")]
     DuplicateProposal(String),
+}
+
+fn check_agent(run: &Run, agent_id: &str) -> Result<(), Contradiction> {
+    if run.agent_id == agent_id {
+        Ok(())
+    } else {
+        Err(Contradiction::AgentMismatch {
+            run_id: run.run_id.clone(),
+            expected: run.agent_id.clone(),
+            got: agent_id.to_owned(),
+        })
+    }
 }
 
 /// The state of the daemon at a position of its log.
@@ -549,6 +571,7 @@ impl State {
             }
             Event::RunEnded(e) => {
                 let run = self.run_mut(&e.run_id)?;
+                check_agent(run, &e.agent_id)?;
                 if run.is_ended() {
                     return Err(Contradiction::RunEnded(e.run_id.clone()));
                 }
@@ -560,6 +583,7 @@ impl State {
             }
             Event::RunEvicted(e) => {
                 let run = self.run_mut(&e.run_id)?;
+                check_agent(run, &e.agent_id)?;
                 if !run.is_ended() {
                     return Err(Contradiction::RunInProgress(e.run_id.clone()));
                 }

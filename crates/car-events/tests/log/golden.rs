@@ -455,6 +455,7 @@ fn golden_v1() -> Vec<Envelope> {
             21,
             Event::from(RunEnded {
                 run_id: s(RUN_A),
+                agent_id: s("agent-researcher"),
                 termination: Termination::Outcome {
                     outcome: j(json!({
                         "status": "success",
@@ -489,6 +490,24 @@ fn golden_v1() -> Vec<Envelope> {
             Event::from(ApprovalExpired {
                 approval_id: s("appr-2"),
                 reason: s("timeout"),
+            }),
+        ),
+        (
+            2_000,
+            Event::from(SessionOpened {
+                client_id: s("sess-probe-1"),
+                peer: s("203.0.113.9:51000"),
+                role: None,
+                agent_id: None,
+            }),
+        ),
+        (
+            10_000,
+            Event::from(SessionClosed {
+                client_id: s("sess-probe-1"),
+                role: None,
+                agent_id: None,
+                reason: s("auth_required"),
             }),
         ),
         (
@@ -538,6 +557,8 @@ fn golden_v1() -> Vec<Envelope> {
             45_000,
             Event::from(SessionClosed {
                 client_id: s("sess-ops-1"),
+                role: Some(Role::Agent),
+                agent_id: some("agent-ops"),
                 reason: s("timeout"),
             }),
         ),
@@ -559,6 +580,7 @@ fn golden_v1() -> Vec<Envelope> {
             30_000,
             Event::from(RunEnded {
                 run_id: s(RUN_B),
+                agent_id: s("agent-ops"),
                 termination: Termination::Incomplete {
                     reason: IncompleteReason::Disconnected,
                 },
@@ -669,6 +691,8 @@ fn golden_v1() -> Vec<Envelope> {
             0,
             Event::from(SessionClosed {
                 client_id: s("sess-host-1"),
+                role: Some(Role::Host),
+                agent_id: None,
                 reason: s("daemon_restart"),
             }),
         ),
@@ -676,6 +700,8 @@ fn golden_v1() -> Vec<Envelope> {
             0,
             Event::from(SessionClosed {
                 client_id: s("sess-agent-1"),
+                role: Some(Role::Agent),
+                agent_id: some("agent-researcher"),
                 reason: s("daemon_restart"),
             }),
         ),
@@ -683,6 +709,8 @@ fn golden_v1() -> Vec<Envelope> {
             0,
             Event::from(SessionClosed {
                 client_id: s("sess-cli-1"),
+                role: Some(Role::Client),
+                agent_id: None,
                 reason: s("daemon_restart"),
             }),
         ),
@@ -690,6 +718,7 @@ fn golden_v1() -> Vec<Envelope> {
             0,
             Event::from(RunEnded {
                 run_id: s(RUN_C),
+                agent_id: s("agent-digest"),
                 termination: Termination::Incomplete {
                     reason: IncompleteReason::DaemonRestart,
                 },
@@ -699,6 +728,7 @@ fn golden_v1() -> Vec<Envelope> {
             1,
             Event::from(RunEvicted {
                 run_id: s(RUN_A),
+                agent_id: s("agent-researcher"),
                 reason: EvictionReason::Age,
             }),
         ),
@@ -706,6 +736,7 @@ fn golden_v1() -> Vec<Envelope> {
             0,
             Event::from(RunEvicted {
                 run_id: s(RUN_B),
+                agent_id: s("agent-ops"),
                 reason: EvictionReason::Count,
             }),
         ),
@@ -803,6 +834,7 @@ fn golden_v1() -> Vec<Envelope> {
             61_000,
             Event::from(RunEnded {
                 run_id: s(RUN_D),
+                agent_id: s("agent-researcher"),
                 termination: Termination::Incomplete {
                     reason: IncompleteReason::DaemonShutdown,
                 },
@@ -812,6 +844,8 @@ fn golden_v1() -> Vec<Envelope> {
             0,
             Event::from(SessionClosed {
                 client_id: s("sess-agent-2"),
+                role: Some(Role::Agent),
+                agent_id: some("agent-researcher"),
                 reason: s("daemon_shutdown"),
             }),
         ),
@@ -1126,10 +1160,22 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
     }
     let opt = |field: &str, value: bool| (format!("{}.{field}", event.kind()), value);
     match event {
+        Event::SessionClosed(SessionClosed {
+            client_id: _,
+            role: r,
+            agent_id,
+            reason: _,
+        }) => {
+            let mut facets = vec![
+                opt("role", r.is_some()),
+                opt("agent_id", agent_id.is_some()),
+            ];
+            facets.extend(r.map(role));
+            facets
+        }
         Event::DaemonStarted(DaemonStarted { .. })
         | Event::DaemonRecovered(DaemonRecovered { .. })
         | Event::DaemonStopped(DaemonStopped { .. })
-        | Event::SessionClosed(SessionClosed { .. })
         | Event::TurnsRecorded(TurnsRecorded { .. })
         | Event::ToolCallCompleted(ToolCallCompleted { .. })
         | Event::ToolCallFailed(ToolCallFailed { .. })
@@ -1170,6 +1216,7 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
         ],
         Event::RunEnded(RunEnded {
             run_id: _,
+            agent_id: _,
             termination,
         }) => vec![match termination {
             Termination::Outcome { outcome: _ } => (s("Termination::Outcome"), true),
@@ -1182,7 +1229,11 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
                 true,
             ),
         }],
-        Event::RunEvicted(RunEvicted { run_id: _, reason }) => vec![match reason {
+        Event::RunEvicted(RunEvicted {
+            run_id: _,
+            agent_id: _,
+            reason,
+        }) => vec![match reason {
             EvictionReason::Age => (s("EvictionReason::Age"), true),
             EvictionReason::Count => (s("EvictionReason::Count"), true),
         }],
@@ -1271,7 +1322,7 @@ fn golden_fixtures_contain_every_nested_variant_and_both_sides_of_every_option()
         .filter(|(name, _)| !name.contains("::"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(options.len(), 11, "Option fields found: {options:?}");
+    assert_eq!(options.len(), 13, "Option fields found: {options:?}");
     for field in options {
         for set in [true, false] {
             assert!(

@@ -156,8 +156,14 @@ fn session_event() -> BoxedStrategy<Event> {
                 agent_id,
             })
         }),
-        (text(), text())
-            .prop_map(|(client_id, reason)| Event::from(SessionClosed { client_id, reason })),
+        (text(), option::of(role()), opt_text(), text()).prop_map(
+            |(client_id, role, agent_id, reason)| Event::from(SessionClosed {
+                client_id,
+                role,
+                agent_id,
+                reason
+            })
+        ),
     ]
     .boxed()
 }
@@ -188,11 +194,20 @@ fn run_event() -> BoxedStrategy<Event> {
                 turns,
             })
         }),
-        (text(), termination).prop_map(|(run_id, termination)| Event::from(RunEnded {
-            run_id,
-            termination
-        })),
-        (text(), eviction).prop_map(|(run_id, reason)| Event::from(RunEvicted { run_id, reason })),
+        (text(), text(), termination).prop_map(|(run_id, agent_id, termination)| {
+            Event::from(RunEnded {
+                run_id,
+                agent_id,
+                termination,
+            })
+        }),
+        (text(), text(), eviction).prop_map(|(run_id, agent_id, reason)| {
+            Event::from(RunEvicted {
+                run_id,
+                agent_id,
+                reason,
+            })
+        }),
     ]
     .boxed()
 }

@@ -10,6 +10,12 @@
 //!   covers every write before it. So `append` writes the batch, flushes once, and only
 //!   then moves the head; readers never see past the head, so nobody observes a record that
 //!   a crash could still take back;
+//! - but on Linux sled's `flush` ends in `sync_file_range`, not `fsync`: the data is
+//!   written out, yet neither the file's metadata (its growing size) nor the disk's write
+//!   cache is flushed, so a power cut or kernel crash could still take an acknowledged
+//!   batch back (sled only `fsync`s from its periodic flusher, which we turn off). Every
+//!   flush is therefore followed by `fdatasync` of sled's `db` file ([`flush_durably`]);
+//!   one per batch, which the writer's group commit amortises;
 //! - a failed flush leaves the batch in sled's page cache, where a later flush would make
 //!   it durable after we reported failure. `append` therefore removes the failed batch
 //!   again, and refuses further appends (poisoned) if even that fails;
@@ -93,6 +99,8 @@ pub struct SledLog {
     /// and holds the reason appends are refused after an unrecoverable failure.
     append_lock: Mutex<Option<String>>,
     tail_repair: Option<TailRepair>,
+    /// sled's data file, `fdatasync`ed after every flush (see the module docs).
+    db_file: fs::File,
 }
 
 fn key(seq: Seq) -> [u8; 8] {
@@ -122,6 +130,7 @@ impl SledLog {
         }
         let db = open_db(&dir, &options)?;
         write_holder(&dir);
+        let db_file = open_db_file(&dir)?;
 
         let meta = db.open_tree("meta").map_err(io_error)?;
         let events = db.open_tree("events").map_err(io_error)?;
@@ -138,7 +147,7 @@ impl SledLog {
             }
             None if events.is_empty() && options.create => {
                 meta.insert(FORMAT_KEY, FORMAT_MARKER).map_err(io_error)?;
-                db.flush().map_err(io_error)?;
+                flush_durably(&db, &db_file)?;
             }
             None => {
                 return Err(LogError::NotALog {
@@ -150,7 +159,7 @@ impl SledLog {
 
         let tail_repair = verify_tail(&events)?;
         if tail_repair.is_some() {
-            db.flush().map_err(io_error)?;
+            flush_durably(&db, &db_file)?;
         }
         let head = match events.last().map_err(io_error)? {
             Some((k, _)) => seq_of(&k).ok_or_else(|| bad_key(&k))?,
@@ -163,6 +172,7 @@ impl SledLog {
             head: watch::Sender::new(head),
             append_lock: Mutex::new(None),
             tail_repair,
+            db_file,
         })
     }
 
@@ -194,8 +204,7 @@ impl SledLog {
             writes.insert(&key(env.seq), codec::encode(env)?);
         }
         self.events.apply_batch(writes).map_err(io_error)?;
-        self.db.flush().map_err(io_error)?;
-        Ok(())
+        flush_durably(&self.db, &self.db_file)
     }
 
     /// Takes a failed batch back out of sled's cache, so no later flush makes it durable.
@@ -271,6 +280,33 @@ impl Drop for SledLog {
         let _ = self.db.flush();
         let _ = fs::remove_file(self.dir.join(HOLDER_FILE));
     }
+}
+
+/// Opens sled's data file for [`flush_durably`], and makes the directory entries of a
+/// freshly created database durable (`fsync` of the directory, on Unix).
+fn open_db_file(dir: &Path) -> Result<fs::File, LogError> {
+    let path = dir.join("db");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true) // never written through; some platforms sync only writable handles
+        .open(&path)
+        .map_err(|e| LogError::Io(format!("opening {}: {e}", path.display())))?;
+    #[cfg(unix)]
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::Io(format!("syncing {}: {e}", dir.display())))?;
+    Ok(file)
+}
+
+/// sled's flush, then `fdatasync` of its data file: only then is a write durable against
+/// a power cut or a kernel crash, not only against the process dying.
+fn flush_durably(db: &sled::Db, db_file: &fs::File) -> Result<(), LogError> {
+    db.flush().map_err(io_error)?;
+    #[cfg(test)]
+    tests::DATA_SYNCS.with(|n| n.set(n.get() + 1));
+    db_file
+        .sync_data()
+        .map_err(|e| LogError::Io(format!("fdatasync of the event log: {e}")))
 }
 
 fn bad_key(key: &[u8]) -> LogError {
@@ -378,7 +414,13 @@ fn read_holder(dir: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::event::{DaemonStopped, Event};
+    use std::cell::Cell;
     use uuid::Uuid;
+
+    thread_local! {
+        /// `fdatasync`s of the db file made by this test thread (see [`flush_durably`]).
+        pub(super) static DATA_SYNCS: Cell<u64> = const { Cell::new(0) };
+    }
 
     fn env(seq: Seq) -> Envelope {
         Envelope {
@@ -415,6 +457,22 @@ mod tests {
         assert_eq!(all, vec![env(2), env(3)]);
         assert_eq!(log.get(3).unwrap(), Some(env(3)));
         assert_eq!(log.get(4).unwrap(), None);
+    }
+
+    /// Regression: sled's `flush` on Linux is only `sync_file_range` (no metadata, no disk
+    /// cache flush), so appends were acknowledged without ever being `fsync`ed. Every
+    /// append must now end in exactly one `fdatasync` of the db file.
+    #[test]
+    fn every_append_fdatasyncs_the_db_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        let before = DATA_SYNCS.with(Cell::get);
+        log.append(&[env(1), env(2)]).unwrap();
+        log.append(&[env(3)]).unwrap();
+        assert_eq!(DATA_SYNCS.with(Cell::get) - before, 2);
+        // A refused append writes nothing and syncs nothing.
+        assert!(log.append(&[env(5)]).is_err());
+        assert_eq!(DATA_SYNCS.with(Cell::get) - before, 2);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! All writes go through [`App::submit`] or [`App::append`], which decide or append
 //! through the writer and, once the events are durable, wake the subscribers of every run
-//! the events touched. No other code path appends, so no subscriber can miss a wake-up.
+//! or approval the events touched. No other code path appends, so nobody misses a wake-up.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::notify::RunNotifier;
+use crate::notify::{Notifier, approval_key, run_key};
 use crate::rpc::RpcError;
 use crate::tokens::Tokens;
 
@@ -30,8 +30,8 @@ pub struct App {
     pub stamper: Stamper,
     /// The tokens sessions authenticate with.
     pub tokens: Tokens,
-    /// Wakes the subscribers of a run when it changes.
-    pub notifier: RunNotifier,
+    /// Wakes whoever follows a run or waits on an approval when it changes.
+    pub notifier: Notifier,
     /// Cancelled when the daemon begins to stop.
     pub stopping: CancellationToken,
 }
@@ -65,20 +65,20 @@ impl<R> Submitted<R> {
     }
 }
 
-/// The runs a batch of events changes (subscribers of these must look again).
-fn touched_runs(events: &[Event]) -> BTreeSet<String> {
+/// The notifier keys a batch of events changes (whoever follows these must look again):
+/// the runs it starts, extends, ends or evicts, and the approvals it resolves or expires.
+fn touched_keys(events: &[Event]) -> BTreeSet<String> {
     events
         .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                Event::RunStarted(_)
-                    | Event::TurnsRecorded(_)
-                    | Event::RunEnded(_)
-                    | Event::RunEvicted(_)
-            )
+        .filter_map(|e| match e {
+            Event::RunStarted(_)
+            | Event::TurnsRecorded(_)
+            | Event::RunEnded(_)
+            | Event::RunEvicted(_) => e.run_id().map(run_key),
+            Event::ApprovalResolved(a) => Some(approval_key(&a.approval_id)),
+            Event::ApprovalExpired(a) => Some(approval_key(&a.approval_id)),
+            _ => None,
         })
-        .filter_map(|e| e.run_id().map(str::to_owned))
         .collect()
 }
 
@@ -126,7 +126,7 @@ impl App {
                 match decide(state, &command) {
                     Ok(events) => {
                         let out = extract(state, &events);
-                        let touched = touched_runs(&events);
+                        let touched = touched_keys(&events);
                         (events, Ok((out, touched)))
                     }
                     Err(refusal) => (Vec::new(), Err(refusal)),
@@ -165,14 +165,14 @@ impl App {
                 (events.clone(), events)
             })
             .await?;
-        self.wake(&touched_runs(&events), range);
+        self.wake(&touched_keys(&events), range);
         Ok((events, range))
     }
 
-    fn wake(&self, runs: &BTreeSet<String>, range: SeqRange) {
+    fn wake(&self, keys: &BTreeSet<String>, range: SeqRange) {
         if let Some(last) = range.last() {
-            for run_id in runs {
-                self.notifier.bump(run_id, last);
+            for key in keys {
+                self.notifier.bump(key, last);
             }
         }
     }

@@ -78,11 +78,6 @@ impl Outbound {
     pub(crate) async fn close(&self, code: CloseCode, reason: &'static str) {
         let _ = self.0.send(Frame::Close(code, reason)).await;
     }
-
-    /// Whether the connection is gone.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
 }
 
 /// Collects the responses of a JSON-RPC batch and sends them as one array.
@@ -212,6 +207,17 @@ impl Fence {
     }
 }
 
+/// A gated call, approved, coming back to the reader to run.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    /// The method.
+    pub(crate) method: String,
+    /// Its params.
+    pub(crate) params: Value,
+    /// Its responder.
+    pub(crate) responder: Responder,
+}
+
 /// Per-session state, owned by the reader task.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -237,6 +243,8 @@ pub(crate) struct Session {
     pub(crate) tools: ToolSession,
     /// Cancelled when this connection must close (after `-32001`).
     pub(crate) closing: CancellationToken,
+    /// Where approved gated calls come back to the reader.
+    pub(crate) deferred: mpsc::UnboundedSender<Deferred>,
 }
 
 impl Session {
@@ -318,7 +326,9 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         return;
     }
     tracing::debug!(%peer, %client_id, "session opened");
+    let (deferred, approved) = mpsc::unbounded_channel();
     let mut session = Session {
+        deferred,
         actor: auth_disabled
             .then(|| Actor::new(client_id.clone(), Role::Client, None).unrestricted()),
         app: app.clone(),
@@ -332,7 +342,7 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         tools: ToolSession::default(),
         closing: CancellationToken::new(),
     };
-    let reason = read_loop(&mut session, stream).await;
+    let reason = read_loop(&mut session, stream, approved).await;
     end_session(session, reason).await;
     let _ = sender.await;
 }
@@ -364,7 +374,11 @@ impl Ending {
 type WsRead = futures::stream::SplitStream<WebSocketStream<TcpStream>>;
 type WsWrite = futures::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
 
-async fn read_loop(session: &mut Session, mut stream: WsRead) -> Ending {
+async fn read_loop(
+    session: &mut Session,
+    mut stream: WsRead,
+    mut approved: mpsc::UnboundedReceiver<Deferred>,
+) -> Ending {
     let idle = session.app.config.idle_timeout;
     let stopping = session.app.stopping.clone();
     loop {
@@ -379,6 +393,10 @@ async fn read_loop(session: &mut Session, mut stream: WsRead) -> Ending {
                 return Ending::AuthRequired;
             }
             () = session.out.0.closed() => return Ending::Error,
+            Some(call) = approved.recv() => {
+                handlers::route(session, &call.method, call.params, call.responder).await;
+                continue;
+            }
         };
         match next {
             Err(_) => {

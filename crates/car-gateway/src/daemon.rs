@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::config::Config;
 use crate::connection;
-use crate::notify::RunNotifier;
+use crate::notify::Notifier;
 use crate::tokens::Tokens;
 
 /// How long a client may take to complete the WebSocket upgrade.
@@ -211,7 +211,7 @@ impl Daemon {
             writer,
             stamper,
             tokens,
-            notifier: RunNotifier::default(),
+            notifier: Notifier::default(),
             stopping: CancellationToken::new(),
         });
         let report = StartReport {
@@ -345,6 +345,8 @@ async fn refuse(stream: TcpStream, app: &App) {
         max = app.config.max_connections,
         "connection refused: too many connections"
     );
+    // The callback's signature is tungstenite's: its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let reject = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
         let mut response = ErrorResponse::new(Some("too many connections".into()));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

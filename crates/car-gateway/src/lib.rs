@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 mod connection;
 pub mod daemon;
+mod gate;
 mod handlers;
 pub mod notify;
 pub mod rpc;

@@ -1,9 +1,10 @@
-//! Per-run wake-ups for run subscribers.
+//! Keyed wake-ups: run subscribers and approval waiters.
 //!
 //! A subscriber to one run must not pay for traffic on other runs, so it does not wake on
-//! every durable batch: it waits on its run's own `watch` channel, which the committing
-//! side bumps (to the seq of the change) once the change is durable. A channel exists only
-//! while someone watches the run; a bump that finds no watcher left removes it.
+//! every durable batch: it waits on its run's own `watch` channel (key [`run_key`]), which
+//! the committing side bumps (to the seq of the change) once the change is durable. The
+//! same holds for whoever waits on an approval ([`approval_key`]). A channel exists only
+//! while someone watches the key; a bump that finds no watcher left removes it.
 
 use std::collections::HashMap;
 
@@ -11,34 +12,44 @@ use car_events::Seq;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-/// The watch channels of the runs someone follows.
-#[derive(Debug, Default)]
-pub struct RunNotifier {
-    runs: Mutex<HashMap<String, watch::Sender<Seq>>>,
+/// The key of a run.
+pub fn run_key(run_id: &str) -> String {
+    format!("run:{run_id}")
 }
 
-impl RunNotifier {
-    /// A receiver that changes whenever `run_id` changes durably.
-    pub fn watch(&self, run_id: &str) -> watch::Receiver<Seq> {
-        let mut runs = self.runs.lock();
-        match runs.get(run_id) {
+/// The key of an approval.
+pub fn approval_key(approval_id: &str) -> String {
+    format!("approval:{approval_id}")
+}
+
+/// The watch channels of the keys someone follows.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    keys: Mutex<HashMap<String, watch::Sender<Seq>>>,
+}
+
+impl Notifier {
+    /// A receiver that changes whenever `key` changes durably.
+    pub fn watch(&self, key: &str) -> watch::Receiver<Seq> {
+        let mut keys = self.keys.lock();
+        match keys.get(key) {
             Some(sender) => sender.subscribe(),
             None => {
                 let (sender, receiver) = watch::channel(0);
-                runs.insert(run_id.to_owned(), sender);
+                keys.insert(key.to_owned(), sender);
                 receiver
             }
         }
     }
 
-    /// Records that `run_id` changed durably at `seq`.
-    pub fn bump(&self, run_id: &str, seq: Seq) {
-        let mut runs = self.runs.lock();
-        let Some(sender) = runs.get(run_id) else {
+    /// Records that `key` changed durably at `seq`.
+    pub fn bump(&self, key: &str, seq: Seq) {
+        let mut keys = self.keys.lock();
+        let Some(sender) = keys.get(key) else {
             return;
         };
         if sender.receiver_count() == 0 {
-            runs.remove(run_id);
+            keys.remove(key);
             return;
         }
         sender.send_if_modified(|current| {
@@ -51,8 +62,8 @@ impl RunNotifier {
         });
     }
 
-    /// How many runs have a channel (for tests of the clean-up).
+    /// How many keys have a channel (for tests of the clean-up).
     pub fn watched(&self) -> usize {
-        self.runs.lock().len()
+        self.keys.lock().len()
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::connection::Outbound;
 use crate::handlers::runs::{MAX_RESPONSE_BYTES, read_blocking};
+use crate::notify::run_key;
 
 /// Events a log tail reads per step: large enough to amortise a read, small enough that a
 /// step stays short.
@@ -45,7 +46,7 @@ pub(crate) async fn follow_run(
     mut next: u32,
     cancel: CancellationToken,
 ) {
-    let mut wake = app.notifier.watch(&run_id);
+    let mut wake = app.notifier.watch(&run_key(&run_id));
     loop {
         wake.borrow_and_update();
         let durable = app.writer.durable().seq;
@@ -160,6 +161,9 @@ pub(crate) async fn follow_log(
             let Ok(events) = events else {
                 return;
             };
+            if events.is_empty() {
+                return; // the log is behind the writer's durable head: never expected
+            }
             for env in events {
                 next = env.seq + 1;
                 let rendered = EventJson::from_envelope(&env);
@@ -190,4 +194,53 @@ pub(crate) fn read_chunk(
     count: usize,
 ) -> Result<Vec<car_events::Envelope>, car_events::LogError> {
     log.read_from(start).take(count).collect()
+}
+
+/// Follows the host feed for `host.subscribe`: `host.event` for every host event from
+/// `from` on that `actor` may see.
+pub(crate) async fn follow_host(
+    app: Arc<App>,
+    out: Outbound,
+    actor: car_projections::Actor,
+    from: Seq,
+    cancel: CancellationToken,
+) {
+    let mut durable = app.writer.watch_durable();
+    let mut next = from.max(1);
+    loop {
+        let head = durable.borrow_and_update().seq;
+        if next <= head {
+            let log = app.writer.log().clone();
+            let start = next;
+            let count = usize::try_from(head - next + 1)
+                .unwrap_or(usize::MAX)
+                .min(LOG_CHUNK);
+            let Ok(envelopes) = read_blocking(move || read_chunk(log.as_ref(), start, count)).await
+            else {
+                return;
+            };
+            let Some(last) = envelopes.last().map(|env| env.seq) else {
+                return;
+            };
+            next = last + 1;
+            let events: Vec<Value> = {
+                let state = app.writer.state();
+                envelopes
+                    .iter()
+                    .filter(|env| car_projections::host_feed::visible(&actor, &state, env))
+                    .filter_map(|env| car_projections::host_feed::host_event(&state, env))
+                    .collect()
+            };
+            for event in events {
+                if !send_unless_cancelled(&out, &cancel, "host.event", event).await {
+                    return;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { return },
+            () = cancel.cancelled() => return,
+        }
+    }
 }

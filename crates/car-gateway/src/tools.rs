@@ -127,6 +127,11 @@ impl CallTable {
         rx
     }
 
+    /// Whether the connection has ended (calls would fail at once).
+    pub(crate) fn is_gone(&self) -> bool {
+        self.0.lock().gone.is_some()
+    }
+
     /// Stops expecting a reply (after a timeout): a late reply is then ignored.
     pub(crate) fn forget(&self, request_id: &str) {
         self.0.lock().waiting.remove(request_id);

@@ -114,6 +114,7 @@ pub fn render(state: &State) -> Value {
             "run_id": p.run_id,
             "submitted_seq": p.submitted_seq,
         })).collect::<Vec<_>>(),
+        "host_feed": state.host_feed(),
     })
 }
 

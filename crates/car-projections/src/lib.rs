@@ -7,11 +7,13 @@
 //! - [`recovery`]: start-up recovery, retention (GC) and shutdown as events;
 //! - [`trace`]: runs read back in the wire shapes, through the per-run index;
 //! - [`canonical`]: the canonical rendering and digest of a state;
+//! - [`host_feed`]: the host feed's events, their wire shape and who may see them;
 //! - [`access`]: who is asking ([`Actor`]).
 
 pub mod access;
 pub mod canonical;
 pub mod decide;
+pub mod host_feed;
 pub mod recovery;
 pub mod state;
 pub mod trace;

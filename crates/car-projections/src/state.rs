@@ -10,7 +10,7 @@
 //! read back from the log through that index ([`crate::trace`]), so reading any run costs
 //! O(its own events), and memory does not grow with turn sizes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use car_events::event::{
     ApprovalRequested, DaemonStarted, Event, Role, RunStarted, SessionOpened, SubscriptionTarget,
@@ -23,6 +23,9 @@ use crate::access::Actor;
 
 /// The most turns a run may hold (PROTOCOL.md §3.3).
 pub const MAX_TURNS_PER_RUN: u32 = 2000;
+/// How many recent host-feed events the state indexes (for `host.subscribe`'s last 100
+/// and `host.events` paging): 80 KiB of seqs, hours of a busy daemon's feed.
+pub const HOST_FEED_WINDOW: usize = 10_000;
 
 /// A run's live status (PROTOCOL.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -422,6 +425,8 @@ pub struct State {
     subscriptions: BTreeMap<String, Subscription>,
     tool_calls: BTreeMap<String, ToolCall>,
     proposals: BTreeMap<String, Proposal>,
+    /// Seqs of the last [`HOST_FEED_WINDOW`] host-feed events, ascending.
+    host_feed: VecDeque<Seq>,
 }
 
 impl Fold for State {
@@ -451,6 +456,12 @@ impl State {
             }));
         }
         self.apply_event(env).map_err(fail)?;
+        if crate::host_feed::is_host_event(&env.event) {
+            if self.host_feed.len() == HOST_FEED_WINDOW {
+                self.host_feed.pop_front();
+            }
+            self.host_feed.push_back(env.seq);
+        }
         self.head = env.seq;
         Ok(())
     }
@@ -928,6 +939,11 @@ impl State {
     /// A proposal in progress.
     pub fn proposal(&self, id: &str) -> Option<&Proposal> {
         self.proposals.get(id)
+    }
+
+    /// Seqs of the recent host-feed events, ascending (at most [`HOST_FEED_WINDOW`]).
+    pub fn host_feed(&self) -> &VecDeque<Seq> {
+        &self.host_feed
     }
 
     /// Every proposal in progress, by id.

@@ -1,14 +1,22 @@
 //! The method table: which handler answers which method, after the checks every call
 //! passes (authentication, handshake, the approval gate).
 
+pub(crate) mod approvals;
+pub(crate) mod host;
 pub(crate) mod log;
+pub(crate) mod proposals;
 pub(crate) mod runs;
 pub(crate) mod session;
+pub(crate) mod tools;
 
 use serde_json::Value;
 
-use crate::connection::{Responder, Session};
+use crate::connection::{Deferred, Responder, Session};
+use crate::gate;
 use crate::rpc::RpcError;
+
+/// Methods the gate never holds: a session must be able to authenticate and handshake.
+const NEVER_GATED: [&str; 2] = ["session.auth", "server.handshake"];
 
 /// Answers one call.
 pub(crate) async fn dispatch(
@@ -25,9 +33,53 @@ pub(crate) async fn dispatch(
     if method.starts_with("host.") && !session.handshake {
         return responder.send(Err(RpcError::HandshakeRequired)).await;
     }
+    if gate::is_gated(&session.app, method) && !NEVER_GATED.contains(&method) {
+        return hold_for_approval(session, method, params, responder);
+    }
+    route(session, method, params, responder).await;
+}
+
+/// Waits, in its own task, for the approval of a gated call; once approved the call comes
+/// back to the connection's reader (as a [`Deferred`]) and runs like any other.
+fn hold_for_approval(session: &Session, method: &str, params: Value, responder: Responder) {
+    let (app, deferred, method) = (
+        session.app.clone(),
+        session.deferred.clone(),
+        method.to_owned(),
+    );
+    let Some(actor) = session.actor.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let details = gate::details("method", &method, &params);
+        match gate::pass(&app, &actor, format!("ws.method:{method}"), details).await {
+            Ok(()) => {
+                // If the connection is gone, the responder's drop answers into the void.
+                let _ = deferred.send(Deferred {
+                    method,
+                    params,
+                    responder,
+                });
+            }
+            Err(err) => responder.send(Err(err)).await,
+        }
+    });
+}
+
+/// Runs a call that passed every check.
+pub(crate) async fn route(
+    session: &mut Session,
+    method: &str,
+    params: Value,
+    responder: Responder,
+) {
     match method {
         "session.auth" => session::auth(session, params, responder).await,
         "server.handshake" => session::handshake(session, params, responder).await,
+        "session.init" => tools::init(session, params, responder).await,
+        "tools.register" => tools::register(session, params, responder).await,
+        "tools.list" => tools::list(session, params, responder).await,
+        "proposal.submit" => proposals::submit(session, params, responder).await,
         "runs.start" => runs::start(session, params, responder).await,
         "runs.record_turns" => runs::record_turns(session, params, responder).await,
         "runs.complete" => runs::complete(session, params, responder).await,
@@ -35,6 +87,12 @@ pub(crate) async fn dispatch(
         "runs.get_trace" => runs::get_trace(session, params, responder).await,
         "runs.subscribe" => runs::subscribe(session, params, responder).await,
         "runs.unsubscribe" => runs::unsubscribe(session, params, responder).await,
+        "host.request_approval" => approvals::request(session, params, responder).await,
+        "host.resolve_approval" => approvals::resolve(session, params, responder).await,
+        "host.approvals" => approvals::list(session, params, responder).await,
+        "host.await_approval" => approvals::wait(session, params, responder).await,
+        "host.subscribe" => host::subscribe(session, params, responder).await,
+        "host.events" => host::events(session, params, responder).await,
         "log.read" => log::read(session, params, responder).await,
         "log.subscribe" => log::subscribe(session, params, responder).await,
         "log.unsubscribe" => log::unsubscribe(session, params, responder).await,

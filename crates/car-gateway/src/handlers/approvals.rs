@@ -1,0 +1,186 @@
+//! `host.request_approval`, `host.resolve_approval`, `host.approvals`,
+//! `host.await_approval` (PROTOCOL.md §5.1).
+
+use std::time::Duration;
+
+use car_projections::Refusal;
+use car_projections::decide::{Command, RequestApproval, ResolveApproval};
+use car_projections::host_feed::{approval_json, approval_visible};
+use car_projections::state::ApprovalStatus;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::connection::{Responder, Session};
+use crate::gate;
+use crate::rpc::{self, RpcError};
+
+#[derive(Debug, Deserialize)]
+struct RequestParams {
+    action: String,
+    details: Option<Value>,
+    options: Option<Vec<String>>,
+    system_level: Option<bool>,
+    agent_id: Option<String>,
+}
+
+/// `host.request_approval`.
+pub(crate) async fn request(session: &mut Session, params: Value, responder: Responder) {
+    let queued = async {
+        let params: RequestParams = rpc::parse(params)?;
+        let approval_id = session.app.new_id();
+        let command = Command::RequestApproval(RequestApproval {
+            actor: session.actor()?.clone(),
+            approval_id: approval_id.clone(),
+            action: params.action,
+            details: params.details.unwrap_or_else(|| json!({})),
+            options: params.options,
+            system_level: params.system_level.unwrap_or(false),
+            agent_id: params.agent_id,
+        });
+        let submitted = session.app.submit(command, |_, _| ()).await?;
+        Ok::<_, RpcError>((approval_id, submitted))
+    }
+    .await;
+    let (approval_id, submitted) = match queued {
+        Ok(queued) => queued,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    let app = session.app.clone();
+    session.reply_later(responder, async move {
+        {
+            let _ticket = ticket;
+            submitted.wait().await??;
+        }
+        approval(&app, &approval_id).await
+    });
+}
+
+async fn approval(
+    app: &std::sync::Arc<crate::app::App>,
+    approval_id: &str,
+) -> Result<Value, RpcError> {
+    app.writer
+        .read(|state| state.approval(approval_id).map(approval_json))
+        .await
+        .ok_or_else(|| RpcError::Internal("internal error: approval not found".into()))
+}
+
+#[derive(Debug, Deserialize)]
+struct ResolveParams {
+    approval_id: String,
+    resolution: String,
+}
+
+/// `host.resolve_approval`.
+pub(crate) async fn resolve(session: &mut Session, params: Value, responder: Responder) {
+    let queued = async {
+        let params: ResolveParams = rpc::parse(params)?;
+        let command = Command::ResolveApproval(ResolveApproval {
+            actor: session.actor()?.clone(),
+            approval_id: params.approval_id.clone(),
+            resolution: params.resolution,
+        });
+        let submitted = session.app.submit(command, |_, _| ()).await?;
+        Ok::<_, RpcError>((params.approval_id, submitted))
+    }
+    .await;
+    let (approval_id, submitted) = match queued {
+        Ok(queued) => queued,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let ticket = session.fence.write();
+    let app = session.app.clone();
+    session.reply_later(responder, async move {
+        {
+            let _ticket = ticket;
+            submitted.wait().await??;
+        }
+        approval(&app, &approval_id).await
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    status: Option<String>,
+}
+
+/// `host.approvals`.
+pub(crate) async fn list(session: &mut Session, params: Value, responder: Responder) {
+    let prepared = rpc::parse::<ListParams>(params).and_then(|params| {
+        let status = match params.status.as_deref() {
+            None => None,
+            Some(name) => Some(ApprovalStatus::parse(name).ok_or_else(|| {
+                RpcError::params("status", "must be pending, resolved or expired")
+            })?),
+        };
+        Ok((status, session.actor()?.clone()))
+    });
+    let (status, actor) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let after_writes = session.fence.reads_after_writes();
+    let app = session.app.clone();
+    session.reply_later(responder, async move {
+        after_writes.await;
+        let approvals = app
+            .writer
+            .read(|state| {
+                state
+                    .approvals()
+                    .into_iter()
+                    .filter(|a| status.is_none_or(|s| a.status == s))
+                    .filter(|a| approval_visible(&actor, a))
+                    .map(approval_json)
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        Ok(json!({"approvals": approvals}))
+    });
+}
+
+#[derive(Debug, Deserialize)]
+struct AwaitParams {
+    approval_id: String,
+    timeout_ms: Option<u64>,
+}
+
+/// `host.await_approval` (ext): the approval once resolved or expired, or as it stands
+/// when `timeout_ms` (default: the gate timeout) passes.
+pub(crate) async fn wait(session: &mut Session, params: Value, responder: Responder) {
+    let prepared =
+        rpc::parse::<AwaitParams>(params).and_then(|p| Ok((p, session.actor()?.clone())));
+    let (params, actor) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let after_writes = session.fence.reads_after_writes();
+    let app = session.app.clone();
+    let timeout = params
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(app.config.approval_timeout);
+    // Not under the handler deadline: waiting for a person is the point of this call.
+    tokio::spawn(async move {
+        after_writes.await;
+        let id = params.approval_id;
+        let visible = app
+            .writer
+            .read(|state| {
+                state
+                    .approval(&id)
+                    .is_some_and(|a| approval_visible(&actor, a))
+            })
+            .await;
+        let result = if visible {
+            match gate::wait(&app, &id, timeout).await {
+                Some(approval) => Ok(approval_json(&approval)),
+                None => Err(Refusal::UnknownApproval(id).into()),
+            }
+        } else {
+            Err(Refusal::UnknownApproval(id).into())
+        };
+        responder.send(result).await;
+    });
+}

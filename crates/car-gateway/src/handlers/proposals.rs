@@ -1,0 +1,437 @@
+//! `proposal.submit` (PROTOCOL.md §4.2): a proposal's actions carried out one after
+//! another as `tools.execute` calls back to the submitting client.
+//!
+//! The proposal runs in its own task (the connection's reader must stay free to read the
+//! client's tool replies). Every dispatch and every way a call ends (result, error,
+//! timeout, disconnect) is an event, with its timing, so `car-replay` can audit tool calls;
+//! every finished action is also a turn of the session's current run.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use car_events::event::{ProposalFinished, ProposalSubmitted, ToolCallDispatched};
+use car_projections::Actor;
+use car_projections::decide::{
+    AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::app::App;
+use crate::connection::{Outbound, Responder, Session};
+use crate::gate;
+use crate::rpc::{self, RpcError};
+use crate::tools::{CallTable, Policy, ToolReply};
+
+/// Extra time a client gets beyond an action's own `timeout_ms` (PROTOCOL.md §4.2).
+const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
+/// Default extra attempts with `failure_behavior: retry` (PROTOCOL.md §4.2).
+const DEFAULT_MAX_RETRIES: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Behavior {
+    Abort,
+    Continue,
+    Retry,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Action {
+    id: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    tool: String,
+    parameters: Option<Value>,
+    timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
+    failure_behavior: Option<Behavior>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProposalParams {
+    id: Option<String>,
+    actions: Vec<Action>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SubmitParams {
+    proposal: ProposalParams,
+}
+
+fn validate(params: Value) -> Result<ProposalParams, RpcError> {
+    let SubmitParams { proposal } = rpc::parse(params)?;
+    let mut ids = HashSet::new();
+    for (i, action) in proposal.actions.iter().enumerate() {
+        let field = |name: &str| format!("proposal.actions[{i}].{name}");
+        if action.kind.as_deref().is_some_and(|k| k != "tool_call") {
+            return Err(RpcError::params(
+                &field("type"),
+                "only tool_call is supported",
+            ));
+        }
+        if action.id.trim().is_empty() {
+            return Err(RpcError::params(&field("id"), "must not be empty"));
+        }
+        if !ids.insert(action.id.as_str()) {
+            return Err(RpcError::params(
+                &field("id"),
+                format!("duplicate action id `{}`", action.id),
+            ));
+        }
+        if action.tool.trim().is_empty() {
+            return Err(RpcError::params(&field("tool"), "must not be empty"));
+        }
+    }
+    if proposal
+        .id
+        .as_deref()
+        .is_some_and(|id| id.trim().is_empty())
+    {
+        return Err(RpcError::params("proposal.id", "must not be empty"));
+    }
+    Ok(proposal)
+}
+
+/// `proposal.submit`.
+pub(crate) async fn submit(session: &mut Session, params: Value, responder: Responder) {
+    let prepared = validate(params).and_then(|proposal| Ok((proposal, session.actor()?.clone())));
+    let (proposal, actor) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return responder.send(Err(err)).await,
+    };
+    let runner = Runner {
+        app: session.app.clone(),
+        out: session.out.clone(),
+        calls: session.tools.calls(),
+        client_id: session.client_id.clone(),
+        actor,
+        run_id: session.current_run.clone(),
+        proposal_id: proposal.id.clone().unwrap_or_else(|| session.app.new_id()),
+        registered: (!session.tools.tools.is_empty())
+            .then(|| session.tools.tools.keys().cloned().collect()),
+        policies: session.tools.policies.clone(),
+    };
+    // Not under the handler deadline: a proposal waits for tools by design, each call
+    // with its own timeout.
+    tokio::spawn(async move {
+        let result = runner.run(proposal.actions).await;
+        responder.send(result).await;
+    });
+}
+
+/// How one action ended.
+#[derive(Debug)]
+enum Status {
+    Succeeded(Value),
+    Failed(String),
+    Rejected(String),
+}
+
+struct Runner {
+    app: Arc<App>,
+    out: Outbound,
+    calls: CallTable,
+    client_id: String,
+    actor: Actor,
+    run_id: Option<String>,
+    proposal_id: String,
+    /// The tools the session registered; `None` when it registered none (then any tool
+    /// name may be called).
+    registered: Option<BTreeSet<String>>,
+    policies: Vec<Policy>,
+}
+
+impl Runner {
+    async fn run(self, actions: Vec<Action>) -> Result<Value, RpcError> {
+        let submitted = Command::SubmitProposal(ProposalSubmitted {
+            proposal_id: self.proposal_id.clone(),
+            client_id: self.client_id.clone(),
+            run_id: self.run_id.clone(),
+            action_ids: actions.iter().map(|a| a.id.clone()).collect(),
+        });
+        self.app.execute(submitted, |_, _| ()).await??;
+        let mut results = Vec::with_capacity(actions.len());
+        let mut outputs = Map::new();
+        let mut errors = Map::new();
+        let mut stopped = false;
+        let mut failed = false;
+        for action in &actions {
+            if stopped {
+                results.push(json!({"action_id": action.id, "status": "skipped", "attempts": 0}));
+                continue;
+            }
+            let parameters = action.parameters.clone().unwrap_or_else(|| json!({}));
+            let (status, attempts) = self.run_action(action, &parameters).await;
+            self.record_turn(action, &parameters, &status).await;
+            let mut result = Map::new();
+            result.insert("action_id".into(), json!(action.id));
+            let succeeded = matches!(status, Status::Succeeded(_));
+            match status {
+                Status::Succeeded(output) => {
+                    result.insert("status".into(), json!("succeeded"));
+                    result.insert("output".into(), output.clone());
+                    outputs.insert(action.id.clone(), output);
+                }
+                Status::Failed(error) => {
+                    result.insert("status".into(), json!("failed"));
+                    result.insert("error".into(), json!(error));
+                    errors.insert(action.id.clone(), json!(error));
+                }
+                Status::Rejected(error) => {
+                    result.insert("status".into(), json!("rejected"));
+                    result.insert("error".into(), json!(error));
+                    errors.insert(action.id.clone(), json!(error));
+                }
+            }
+            result.insert("attempts".into(), json!(attempts));
+            if !succeeded {
+                failed = true;
+                stopped = action.failure_behavior != Some(Behavior::Continue);
+            }
+            results.push(Value::Object(result));
+        }
+        failed |= stopped;
+        let final_state = if failed { "failed" } else { "completed" };
+        let finished = Command::FinishProposal(ProposalFinished {
+            proposal_id: self.proposal_id.clone(),
+            final_state: final_state.into(),
+        });
+        if let Err(err) = self.app.execute(finished, |_, _| ()).await {
+            tracing::warn!(%err, proposal_id = %self.proposal_id, "could not record the end of a proposal");
+        }
+        Ok(json!({
+            "proposal_id": self.proposal_id,
+            "final_state": final_state,
+            "outputs": outputs,
+            "errors": errors,
+            "results": results,
+        }))
+    }
+
+    /// Runs one action: checks, the gate, then one or more attempts.
+    async fn run_action(&self, action: &Action, parameters: &Value) -> (Status, u32) {
+        if let Some(registered) = &self.registered {
+            if !registered.contains(&action.tool) {
+                return (Status::Failed(format!("unknown tool: {}", action.tool)), 0);
+            }
+        }
+        if let Some(policy) = self
+            .policies
+            .iter()
+            .find(|p| p.denies(&action.tool, parameters))
+        {
+            return (
+                Status::Rejected(format!("rejected by policy '{}'", policy.name)),
+                0,
+            );
+        }
+        if gate::is_gated(&self.app, &action.tool) {
+            let details = gate::details("tool", &action.tool, parameters);
+            if let Err(err) = gate::pass(
+                &self.app,
+                &self.actor,
+                format!("tool:{}", action.tool),
+                details,
+            )
+            .await
+            {
+                return (Status::Failed(err.to_string()), 0);
+            }
+        }
+        let attempts = match action.failure_behavior {
+            Some(Behavior::Retry) => 1 + action.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            _ => 1,
+        };
+        let wait = match action.timeout_ms {
+            Some(ms) => Duration::from_millis(ms) + TIMEOUT_SLACK,
+            None => self.app.config.tool_timeout,
+        };
+        let mut error = String::new();
+        for attempt in 1..=attempts {
+            match self.call(action, parameters, attempt, wait).await {
+                Ok(output) => return (Status::Succeeded(output), attempt),
+                Err(message) => error = message,
+            }
+        }
+        (Status::Failed(error), attempts)
+    }
+
+    /// One `tools.execute` round trip.
+    async fn call(
+        &self,
+        action: &Action,
+        parameters: &Value,
+        attempt: u32,
+        wait: Duration,
+    ) -> Result<Value, String> {
+        const GONE: &str = "client disconnected";
+        if self.calls.is_gone() {
+            return Err(GONE.into());
+        }
+        let request_id = self.app.new_id();
+        let dispatch = Command::DispatchToolCall(DispatchToolCall {
+            dispatch: ToolCallDispatched {
+                request_id: request_id.clone(),
+                client_id: self.client_id.clone(),
+                proposal_id: self.proposal_id.clone(),
+                action_id: action.id.clone(),
+                tool: action.tool.clone(),
+                parameters: parameters.clone().into(),
+                attempt,
+                timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                run_id: self.run_id.clone(),
+            },
+        });
+        if let Err(err) = self.app.execute(dispatch, |_, _| ()).await {
+            return Err(err.to_string());
+        }
+        let reply = self.calls.expect(&request_id);
+        let mut params = json!({
+            "action_id": action.id,
+            "tool": action.tool,
+            "parameters": parameters,
+            "params": parameters,
+            "attempt": attempt,
+            "request_id": request_id,
+            "session_id": self.client_id,
+        });
+        if let Some(ms) = action.timeout_ms {
+            params["timeout_ms"] = json!(ms);
+        }
+        let started = Instant::now();
+        let sent = self
+            .out
+            .send(&rpc::request(&request_id, "tools.execute", params))
+            .await;
+        let outcome = if !sent {
+            None
+        } else {
+            tokio::time::timeout(wait, reply)
+                .await
+                .ok()
+                .map(|r| r.unwrap_or(ToolReply::Gone(GONE.into())))
+        };
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (recorded, result) = match outcome {
+            Some(ToolReply::Result(output)) => match output.get("error").and_then(Value::as_str) {
+                Some(message) => {
+                    let error = message.to_owned();
+                    (
+                        ToolCallOutcome::Failed {
+                            error: error.clone(),
+                            elapsed_ms,
+                        },
+                        Err(error),
+                    )
+                }
+                None => (
+                    ToolCallOutcome::Completed {
+                        output: output.clone(),
+                        elapsed_ms,
+                    },
+                    Ok(output),
+                ),
+            },
+            Some(ToolReply::Error(error)) => {
+                let message = error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| error.to_string());
+                (
+                    ToolCallOutcome::Failed {
+                        error: message.clone(),
+                        elapsed_ms,
+                    },
+                    Err(message),
+                )
+            }
+            Some(ToolReply::Gone(_)) => {
+                self.calls.forget(&request_id);
+                (
+                    ToolCallOutcome::Cancelled {
+                        reason: "disconnected".into(),
+                    },
+                    Err(GONE.into()),
+                )
+            }
+            None if !sent => {
+                self.calls.forget(&request_id);
+                (
+                    ToolCallOutcome::Cancelled {
+                        reason: "disconnected".into(),
+                    },
+                    Err(GONE.into()),
+                )
+            }
+            None => {
+                self.calls.forget(&request_id);
+                let cancel =
+                    json!({"request_id": request_id, "action_id": action.id, "reason": "timeout"});
+                self.out.notify("tools.cancel", cancel).await;
+                let message = format!(
+                    "tool '{}' callback timed out ({})",
+                    action.tool,
+                    seconds(wait)
+                );
+                let waited = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                (
+                    ToolCallOutcome::TimedOut { elapsed_ms: waited },
+                    Err(message),
+                )
+            }
+        };
+        let finish = Command::FinishToolCall(FinishToolCall {
+            request_id,
+            outcome: recorded,
+        });
+        if let Err(err) = self.app.execute(finish, |_, _| ()).await {
+            tracing::warn!(%err, "could not record the end of a tool call");
+        }
+        result
+    }
+
+    /// Appends a finished action to the session's current run, as a turn.
+    async fn record_turn(&self, action: &Action, parameters: &Value, status: &Status) {
+        let Some(run_id) = &self.run_id else {
+            return;
+        };
+        let (output, rejected) = match status {
+            Status::Succeeded(output) => (output.clone(), false),
+            Status::Failed(error) => (json!(error), false),
+            Status::Rejected(error) => (json!(error), true),
+        };
+        let turn = json!({
+            "tool": action.tool,
+            "parameters": parameters,
+            "output": output,
+            "policy_rejected": rejected,
+        });
+        let Ok(turns) = AdmittedTurns::admit(&[turn]) else {
+            return;
+        };
+        let record = Command::RecordTurns(RecordTurns {
+            actor: self.actor.clone(),
+            run_id: run_id.clone(),
+            turns,
+        });
+        match self.app.execute(record, |_, _| ()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(refusal)) => {
+                tracing::debug!(%refusal, %run_id, "proposal action not recorded as a turn")
+            }
+            Err(err) => tracing::warn!(%err, %run_id, "proposal action not recorded as a turn"),
+        }
+    }
+}
+
+/// `6s`, `5.5s`: a duration as the timeout message writes it.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}

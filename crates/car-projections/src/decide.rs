@@ -396,7 +396,15 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
         Command::ExpireApproval(c) => Ok(expire_approval(state, c)),
         Command::Subscribe(c) => subscribe(state, c),
         Command::Unsubscribe(c) => Ok(unsubscribe(state, c)),
-        Command::SubmitProposal(c) => Ok(vec![Event::ProposalSubmitted(c.clone())]),
+        Command::SubmitProposal(c) => {
+            if state.proposal(&c.proposal_id).is_some() {
+                return Err(Refusal::InvalidParams(format!(
+                    "proposal.id: proposal `{}` is already in progress",
+                    c.proposal_id
+                )));
+            }
+            Ok(vec![Event::ProposalSubmitted(c.clone())])
+        }
         Command::FinishProposal(c) => Ok(if state.proposal(&c.proposal_id).is_some() {
             vec![Event::ProposalFinished(c.clone())]
         } else {

@@ -394,7 +394,7 @@ async fn read_loop(
             }
             () = session.out.0.closed() => return Ending::Error,
             Some(call) = approved.recv() => {
-                handlers::route(session, &call.method, call.params, call.responder).await;
+                Box::pin(handlers::route(session, &call.method, call.params, call.responder)).await;
                 continue;
             }
         };
@@ -413,7 +413,9 @@ async fn read_loop(
                 tracing::debug!(%err, "connection error");
                 return Ending::Error;
             }
-            Ok(Some(Ok(Message::Text(text)))) => on_text(session, text.as_str()).await,
+            // Boxed: the reader's own future stays small while idle (10 000 idle
+            // connections must not each carry the largest handler's state inline).
+            Ok(Some(Ok(Message::Text(text)))) => Box::pin(on_text(session, text.as_str())).await,
             Ok(Some(Ok(Message::Binary(_)))) => {
                 let error = RpcError::InvalidRequest(
                     "invalid request: binary frames are not supported; send JSON text".into(),

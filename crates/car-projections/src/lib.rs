@@ -8,7 +8,8 @@
 //! - [`trace`]: runs read back in the wire shapes, through the per-run index;
 //! - [`canonical`]: the canonical rendering and digest of a state;
 //! - [`host_feed`]: the host feed's events, their wire shape and who may see them;
-//! - [`access`]: who is asking ([`Actor`]).
+//! - [`access`]: who is asking ([`Actor`]);
+//! - [`synth`]: realistic synthetic histories for benchmarks and soak tests.
 
 pub mod access;
 pub mod canonical;
@@ -16,6 +17,7 @@ pub mod decide;
 pub mod host_feed;
 pub mod recovery;
 pub mod state;
+pub mod synth;
 pub mod trace;
 pub mod turns;
 

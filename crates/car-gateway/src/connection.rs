@@ -315,7 +315,7 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         .await;
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
-    let sender = tokio::spawn(send_loop(sink, rx, app.config.ping_interval));
+    let sender = tokio::spawn(send_loop(sink, rx, app.config.ping_interval, app.config.idle_timeout));
     let out = Outbound(tx);
     if !matches!(opened, Ok(Ok(_))) {
         tracing::error!(%peer, "could not record the session; closing the connection");
@@ -490,37 +490,44 @@ async fn on_message(session: &mut Session, message: Incoming, sink: Option<Sink>
     }
 }
 
+/// Sends queued frames and pings. A peer that stops reading stalls the socket; after
+/// `stall_limit` without progress the connection is dropped, which fails every send still
+/// waiting for room in the queue (so nothing waits on a dead peer forever).
 async fn send_loop(
     mut sink: WsWrite,
     mut rx: mpsc::Receiver<Frame>,
     ping_every: std::time::Duration,
+    stall_limit: std::time::Duration,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     loop {
-        let result = tokio::select! {
-            frame = rx.recv() => match frame {
-                Some(Frame::Text(text)) => {
-                    let fed = sink.feed(Message::text(text)).await;
-                    // Flush when nothing else is waiting: one syscall per burst.
-                    if fed.is_ok() && rx.is_empty() { sink.flush().await } else { fed }
-                }
-                Some(Frame::Close(code, reason)) => {
-                    let frame = CloseFrame { code, reason: reason.into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    break;
-                }
-                None => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-            },
-            _ = ping.tick() => sink.send(Message::Ping(Default::default())).await,
+        let step = async {
+            tokio::select! {
+                frame = rx.recv() => match frame {
+                    Some(Frame::Text(text)) => {
+                        let fed = sink.feed(Message::text(text)).await;
+                        // Flush when nothing else is waiting: one syscall per burst.
+                        if fed.is_ok() && rx.is_empty() { sink.flush().await.map(|()| true) } else { fed.map(|()| true) }
+                    }
+                    Some(Frame::Close(code, reason)) => {
+                        let frame = CloseFrame { code, reason: reason.into() };
+                        sink.send(Message::Close(Some(frame))).await.map(|()| false)
+                    }
+                    None => sink.send(Message::Close(None)).await.map(|()| false),
+                },
+                _ = ping.tick() => sink.send(Message::Ping(Default::default())).await.map(|()| true),
+            }
         };
-        if result.is_err() {
-            break;
+        match tokio::time::timeout(stall_limit, step).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) | Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::info!("dropping a connection whose peer stopped reading");
+                return; // drops the socket without a close handshake: it cannot be sent
+            }
         }
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(stall_limit, sink.close()).await;
 }
 
 /// Ends a session: its subscriptions and tool calls at once, its record in the log, and

@@ -305,6 +305,19 @@ pub enum Contradiction {
     /// A session id that is already open.
     #[error("session `{0}` is already open")]
     SessionAlreadyOpen(String),
+    /// A second `session.authenticated` for a session that already authenticated.
+    #[error("session `{0}` is already authenticated")]
+    AlreadyAuthenticated(String),
+    /// A `session.closed` describing the session otherwise than it is (role or agent).
+    #[error("session `{client_id}` is {expected}, not {got}")]
+    SessionMismatch {
+        /// The session.
+        client_id: String,
+        /// What it is.
+        expected: String,
+        /// What the event says.
+        got: String,
+    },
     /// An agent identity already attached to another open session.
     #[error("agent `{agent_id}` is already attached to session `{client_id}`")]
     AgentAttached {
@@ -393,6 +406,15 @@ pub enum Contradiction {
     /// A proposal id already in progress.
     #[error("proposal `{0}` is already in progress")]
     DuplicateProposal(String),
+}
+
+/// "role agent, agent `a1`" / "role none, no agent", for [`Contradiction::SessionMismatch`].
+fn describe_session(role: Option<Role>, agent_id: Option<&str>) -> String {
+    let role = role.map_or("none", Role::as_str);
+    match agent_id {
+        Some(agent_id) => format!("role {role}, agent `{agent_id}`"),
+        None => format!("role {role}, no agent"),
+    }
 }
 
 fn check_agent(run: &Run, agent_id: &str) -> Result<(), Contradiction> {
@@ -520,6 +542,9 @@ impl State {
                 let Some(session) = self.sessions.get(&e.client_id) else {
                     return Err(Contradiction::UnknownSession(e.client_id.clone()));
                 };
+                if session.authenticated {
+                    return Err(Contradiction::AlreadyAuthenticated(e.client_id.clone()));
+                }
                 let previous = session
                     .agent_id
                     .clone()
@@ -543,6 +568,16 @@ impl State {
                 }
             }
             Event::SessionClosed(e) => {
+                let Some(session) = self.sessions.get(&e.client_id) else {
+                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
+                };
+                if (session.role, session.agent_id.as_deref()) != (e.role, e.agent_id.as_deref()) {
+                    return Err(Contradiction::SessionMismatch {
+                        client_id: e.client_id.clone(),
+                        expected: describe_session(session.role, session.agent_id.as_deref()),
+                        got: describe_session(e.role, e.agent_id.as_deref()),
+                    });
+                }
                 let Some(session) = self.sessions.remove(&e.client_id) else {
                     return Err(Contradiction::UnknownSession(e.client_id.clone()));
                 };

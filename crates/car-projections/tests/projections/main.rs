@@ -1,0 +1,28 @@
+//! car-projections integration tests: one binary, one module per concern.
+//!
+//! - [`support`], [`gwt`], [`scenario`]: the shared vocabulary (fixed times, event and
+//!   command constructors), the given/when/then harness of the decision tables, and a
+//!   deterministic little daemon that writes whole logs;
+//! - [`sessions`], [`runs`], [`approvals`], [`subscriptions`]: every decision and refusal of
+//!   the contract as given/when/then tables;
+//! - [`apply`]: the fold refuses contradictions (naming the seq) and is unchanged by them;
+//!   the refusal messages are the contract's;
+//! - [`recovery`]: start-up recovery, retention and shutdown, event by event;
+//! - [`golden`]: committed JSONL logs replayed against reviewed expected states and
+//!   recoveries (`CAR_REWRITE_FIXTURES=1` rewrites them);
+//! - [`determinism`]: properties — replay is deterministic, the writer's live state is the
+//!   replay of its log, recovery is idempotent even when interrupted;
+//! - [`trace`]: runs read back from the log, paged, before and after eviction.
+
+mod apply;
+mod approvals;
+mod determinism;
+mod golden;
+mod gwt;
+mod recovery;
+mod runs;
+mod scenario;
+mod sessions;
+mod subscriptions;
+mod support;
+mod trace;

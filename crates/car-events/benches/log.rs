@@ -9,7 +9,8 @@
 //! - **ours**: `Writer<()>` over [`SledLog`]: N tokio tasks each append single small
 //!   events in a loop; the writer groups whatever is queued into one batch and one flush.
 //! - **(a) raw sled**: N threads each `insert` + `flush` one record: the obvious way to use
-//!   sled durably, without group commit.
+//!   sled durably, without group commit. (Flattering to sled: its `flush` on Linux is only
+//!   `sync_file_range`, while ours also `fdatasync`s; see `docs/event-log.md`.)
 //! - **(b) file + fdatasync**: the same `Writer<()>` (so batching is identical) over a
 //!   bench-only [`EventLog`] that appends the encoded records to a plain file and calls
 //!   `sync_data` once per batch: roughly the disk's limit for this scheme.

@@ -315,7 +315,12 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         .await;
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
-    let sender = tokio::spawn(send_loop(sink, rx, app.config.ping_interval, app.config.idle_timeout));
+    let sender = tokio::spawn(send_loop(
+        sink,
+        rx,
+        app.config.ping_interval,
+        app.config.idle_timeout,
+    ));
     let out = Outbound(tx);
     if !matches!(opened, Ok(Ok(_))) {
         tracing::error!(%peer, "could not record the session; closing the connection");

@@ -69,7 +69,11 @@ fn approval_as_of(state: &State, env: &Envelope) -> Option<Approval> {
             approval_id,
             resolution,
             ..
-        }) => (approval_id, ApprovalStatus::Resolved, Some(resolution.clone())),
+        }) => (
+            approval_id,
+            ApprovalStatus::Resolved,
+            Some(resolution.clone()),
+        ),
         Event::ApprovalExpired(ApprovalExpired { approval_id, .. }) => {
             (approval_id, ApprovalStatus::Expired, None)
         }
@@ -85,7 +89,12 @@ fn approval_as_of(state: &State, env: &Envelope) -> Option<Approval> {
     Some(approval)
 }
 
-fn session_payload(client_id: &str, role: Option<Role>, agent_id: Option<&String>, reason: Option<&str>) -> Value {
+fn session_payload(
+    client_id: &str,
+    role: Option<Role>,
+    agent_id: Option<&String>,
+    reason: Option<&str>,
+) -> Value {
     let mut payload = Map::new();
     payload.insert("client_id".into(), json!(client_id));
     payload.insert("role".into(), json!(role.map(Role::as_str)));
@@ -103,7 +112,8 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
     if !is_host_event(&env.event) {
         return None;
     }
-    let (kind, agent_id, message, payload): (&str, Option<String>, String, Value) = match &env.event {
+    let (kind, agent_id, message, payload): (&str, Option<String>, String, Value) = match &env.event
+    {
         Event::DaemonStarted(e) => (
             "daemon.started",
             None,
@@ -171,7 +181,12 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
             (
                 kind,
                 approval.agent_id.clone(),
-                format!("approval {} {}: {}", approval.id, approval.status.as_str(), approval.action),
+                format!(
+                    "approval {} {}: {}",
+                    approval.id,
+                    approval.status.as_str(),
+                    approval.action
+                ),
                 approval_json(&approval),
             )
         }
@@ -215,7 +230,10 @@ pub fn visible(actor: &Actor, state: &State, env: &Envelope) -> bool {
             e.client_id.as_deref() == Some(actor.client_id.as_str()) || own_agent(&e.agent_id)
         }
         Event::RunEnded(e) => {
-            own_agent(&e.agent_id) || state.run(&e.run_id).is_some_and(|run| state.is_reader(actor, run))
+            own_agent(&e.agent_id)
+                || state
+                    .run(&e.run_id)
+                    .is_some_and(|run| state.is_reader(actor, run))
         }
         Event::RunEvicted(e) => own_agent(&e.agent_id),
         Event::ApprovalRequested(ApprovalRequested { approval_id, .. })

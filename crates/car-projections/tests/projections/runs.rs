@@ -147,10 +147,10 @@ fn started(run: &str, agent: &str, client: &str, key: Option<&str>) -> RunStarte
     start(Actor::agent("c2", "a1"), None, None, Some("k1")),
     nothing(),
 )]
-#[case::another_owners_key_is_invalid(
+#[case::a_retry_from_another_session_gets_the_run_back(
     given![client_session("c1"), client_session("c2"), keyed_run_started("k1", "a1", "c1")],
     start(Actor::client("c2"), Some("a1"), None, Some("k1")),
-    invalid("idempotency_key"),
+    nothing(),
 )]
 #[case::an_evicted_key_stays_taken(
     given![client_session("c1"), keyed_run_started("k1", "a1", "c1"), run_completed("k1", "a1"), run_evicted("k1", "a1")],

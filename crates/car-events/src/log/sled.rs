@@ -19,6 +19,9 @@
 //! - a failed flush leaves the batch in sled's page cache, where a later flush would make
 //!   it durable after we reported failure. `append` therefore removes the failed batch
 //!   again, and refuses further appends (poisoned) if even that fails;
+//! - sled 0.34 reads a half-written `snap.*.generating` snapshot at open and then refuses
+//!   the database as corrupt; such files are removed and the open retried
+//!   ([`remove_interrupted_snapshots`]);
 //! - sled takes an exclusive file lock on open, so a second process gets a clear
 //!   [`LogError::Locked`] naming the directory and, where known, the holder's pid.
 
@@ -360,20 +363,61 @@ fn verify_tail(events: &sled::Tree) -> Result<Option<TailRepair>, LogError> {
 fn open_db(dir: &Path, options: &OpenOptions) -> Result<sled::Db, LogError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
+    let mut snapshots_cleared = false;
     loop {
         let opened = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
             .flush_every_ms(None)
             .open();
-        match opened.map_err(|e| open_error(dir, e)) {
-            Err(LogError::Locked { pid: None, .. }) if started.elapsed() < RELEASE_WAIT => {
+        let err = match opened {
+            Ok(db) => return Ok(db),
+            Err(err) => err,
+        };
+        // sled takes its file lock before it reads snapshots, so a corruption error means
+        // no other process has the log open: an interrupted snapshot is nobody's work.
+        if matches!(err, sled::Error::Corruption { .. }) && !snapshots_cleared {
+            snapshots_cleared = true;
+            if remove_interrupted_snapshots(dir) > 0 {
+                continue;
+            }
+        }
+        match open_error(dir, err) {
+            LogError::Locked { pid: None, .. } if started.elapsed() < RELEASE_WAIT => {
                 thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
-            other => return other,
+            other => return Err(other),
         }
     }
+}
+
+/// Removes `snap.*.generating` files: snapshots whose writer died before it synced and
+/// renamed them. sled 0.34 reads the newest `snap.*` file at open, `.generating` ones
+/// included, and refuses the whole database when it is torn (sled issue #1527). A
+/// snapshot only shortens recovery; without it sled recovers from the previous snapshot
+/// and its log. Returns how many were removed.
+fn remove_interrupted_snapshots(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(dir = %dir.display(), file = %name, "removed an interrupted sled snapshot");
+                    removed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), file = %name, %e, "cannot remove an interrupted sled snapshot");
+                }
+            }
+        }
+    }
+    removed
 }
 
 fn open_error(dir: &Path, err: sled::Error) -> LogError {
@@ -473,6 +517,26 @@ mod tests {
         // A refused append writes nothing and syncs nothing.
         assert!(log.append(&[env(5)]).is_err());
         assert_eq!(DATA_SYNCS.with(Cell::get) - before, 2);
+    }
+
+    /// Regression: sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it and
+    /// renames it; but at open it reads the newest `snap.*` file *including* a
+    /// `.generating` one, so a process killed while writing a snapshot (at open, every
+    /// million operations, at drop) left a log that refused to open as corrupt (found by
+    /// `car-log-soak`: a kill 95 ms into opening a 2-million-event log).
+    #[test]
+    fn an_interrupted_snapshot_does_not_stop_the_log_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+            log.append(&[env(1), env(2), env(3)]).unwrap();
+        }
+        let torn = dir.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+        fs::write(&torn, [0xA5u8; 100]).unwrap();
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        assert_eq!(log.head(), 3);
+        assert_eq!(log.get(3).unwrap(), Some(env(3)));
+        assert!(!torn.exists(), "the interrupted snapshot is removed");
     }
 
     #[test]

@@ -468,10 +468,9 @@ async fn on_text(session: &mut Session, text: &str) {
                     Incoming::Call { id: Some(_), .. } | Incoming::Invalid { .. }
                 );
                 let sink = answers.then(|| Sink::Batch(batch.clone()));
+                // Every call is answered, even after one was refused `-32001` (the others
+                // get it too); the connection closes once the batch is answered.
                 on_message(session, message, sink).await;
-                if session.closing.is_cancelled() {
-                    break;
-                }
             }
         }
         single => {

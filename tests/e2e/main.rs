@@ -1,0 +1,38 @@
+//! `e2e`: the end-to-end tests of `car-server`. Every test starts its own daemon (a real
+//! process of `car-test-server`, or in process where it needs the stop report) on port 0
+//! and a temporary data directory, and talks to it over a real WebSocket.
+//!
+//! One module per area of PROTOCOL.md:
+//! - [`transport`]: §1 framing, batches, parse and request errors, size limit, keep-alive;
+//! - [`auth`]: §2 authentication, roles, handshake;
+//! - [`runs`]: §3.2–3.4, §3.6 runs.start, record_turns, complete, list, get_trace;
+//! - [`subscriptions`]: §3.5 runs.subscribe / runs.trace.event / runs.unsubscribe;
+//! - [`log`]: §7 log.read, log.subscribe, log.unsubscribe;
+//! - [`lifecycle`]: §3.7 and §9: disconnect, restart, crash, graceful stop, the data
+//!   directory lock, retention, the command line, state = replay of the log.
+
+mod auth;
+mod lifecycle;
+mod log;
+mod runs;
+mod subscriptions;
+mod transport;
+
+use car_tests::{Server, ServerBuilder};
+
+/// The daemon binary built by this package.
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_car-test-server");
+
+/// A builder for the daemon process.
+fn builder() -> ServerBuilder {
+    ServerBuilder::new(SERVER_BIN)
+}
+
+/// A daemon with auth on and the given extra arguments.
+async fn server(args: &[&str]) -> Server {
+    builder()
+        .args(args.iter().copied())
+        .spawn()
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"))
+}

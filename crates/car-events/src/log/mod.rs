@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use tokio::sync::watch;
 
 pub use self::mem::MemLog;
-pub use self::sled::{OpenOptions, SledLog, TailRepair};
+pub use self::sled::{OpenOptions, RawRecord, SledLog, TailRepair};
 
 use crate::codec::CodecError;
 use crate::envelope::{Envelope, Seq, SeqRange};
@@ -65,6 +65,12 @@ pub enum LogError {
     /// The storage failed (disk full, I/O error). The failed batch is not in the log.
     #[error("event log I/O error: {0}")]
     Io(String),
+    /// The log was opened read-only ([`OpenOptions::read_only`]); appends are refused.
+    #[error("the event log in {dir} was opened read-only")]
+    ReadOnly {
+        /// The directory of the log.
+        dir: PathBuf,
+    },
     /// An earlier failure left the storage in an unknown state; appends are refused until
     /// the log is reopened. Reads of durable events still work.
     #[error("event log is read-only after an earlier failure: {0}")]

@@ -59,6 +59,13 @@ pub struct OpenOptions {
     pub create: bool,
     /// sled's page cache size in bytes.
     pub cache_bytes: u64,
+    /// Open for reading only (auditing tools such as `car-replay`): implies `create:
+    /// false`; a damaged last record is left in place (it reads back as an error item)
+    /// instead of being repaired; the holder label is neither written nor removed; appends
+    /// are refused ([`LogError::ReadOnly`]). sled itself may still update its own
+    /// bookkeeping files (its snapshot) when it opens a database; the records are never
+    /// touched.
+    pub read_only: bool,
 }
 
 impl Default for OpenOptions {
@@ -66,6 +73,7 @@ impl Default for OpenOptions {
         Self {
             create: true,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            read_only: false,
         }
     }
 }
@@ -91,6 +99,19 @@ impl std::fmt::Display for TailRepair {
     }
 }
 
+/// A stored record's bytes, as [`SledLog::raw_from`] reads them (shared with sled's
+/// cache, not copied).
+#[derive(Debug, Clone)]
+pub struct RawRecord(sled::IVec);
+
+impl std::ops::Deref for RawRecord {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The event log in a sled database.
 #[derive(Debug)]
 pub struct SledLog {
@@ -102,6 +123,8 @@ pub struct SledLog {
     /// and holds the reason appends are refused after an unrecoverable failure.
     append_lock: Mutex<Option<String>>,
     tail_repair: Option<TailRepair>,
+    /// Opened with [`OpenOptions::read_only`].
+    read_only: bool,
     /// sled's data file, `fdatasync`ed after every flush (see the module docs).
     db_file: fs::File,
 }
@@ -122,8 +145,9 @@ impl SledLog {
     /// Opens (or creates) the log in `dir`, verifying its tail.
     pub fn open(dir: impl AsRef<Path>, options: OpenOptions) -> Result<Self, LogError> {
         let dir = dir.as_ref().to_path_buf();
+        let create = options.create && !options.read_only;
         let exists = dir.join("db").is_file() && dir.join("conf").is_file();
-        if !exists && !options.create {
+        if !exists && !create {
             let reason = if dir.exists() {
                 "no sled database in it".to_owned()
             } else {
@@ -132,9 +156,19 @@ impl SledLog {
             return Err(LogError::NotALog { dir, reason });
         }
         let db = open_db(&dir, &options)?;
-        write_holder(&dir);
+        if !options.read_only {
+            write_holder(&dir);
+        }
         let db_file = open_db_file(&dir)?;
 
+        if !create && !db.tree_names().iter().any(|name| name.as_ref() == b"meta") {
+            // Checked before `open_tree`, which would create the tree in someone else's
+            // database.
+            return Err(LogError::NotALog {
+                dir,
+                reason: "a sled database without the car format marker".into(),
+            });
+        }
         let meta = db.open_tree("meta").map_err(io_error)?;
         let events = db.open_tree("events").map_err(io_error)?;
         match meta.get(FORMAT_KEY).map_err(io_error)? {
@@ -148,7 +182,7 @@ impl SledLog {
                     ),
                 });
             }
-            None if events.is_empty() && options.create => {
+            None if events.is_empty() && create => {
                 meta.insert(FORMAT_KEY, FORMAT_MARKER).map_err(io_error)?;
                 flush_durably(&db, &db_file)?;
             }
@@ -160,7 +194,11 @@ impl SledLog {
             }
         }
 
-        let tail_repair = verify_tail(&events)?;
+        let tail_repair = if options.read_only {
+            None
+        } else {
+            verify_tail(&events)?
+        };
         if tail_repair.is_some() {
             flush_durably(&db, &db_file)?;
         }
@@ -175,6 +213,7 @@ impl SledLog {
             head: watch::Sender::new(head),
             append_lock: Mutex::new(None),
             tail_repair,
+            read_only: options.read_only,
             db_file,
         })
     }
@@ -201,6 +240,24 @@ impl SledLog {
             .map(|v| v.to_vec()))
     }
 
+    /// The stored records from `from` to the head, in seq order, unverified and undecoded
+    /// (for tools that check every record themselves: `car-replay verify` reads on one
+    /// thread and decodes, with [`codec::decode`], on others). A key that is not a seq is an
+    /// error item.
+    pub fn raw_from(
+        &self,
+        from: Seq,
+    ) -> impl Iterator<Item = Result<(Seq, RawRecord), LogError>> + Send + '_ {
+        let head = self.head();
+        let from = from.max(1);
+        let range = (from <= head).then(|| self.events.range(key(from)..=key(head)));
+        range.into_iter().flatten().map(|item| {
+            let (k, v) = item.map_err(io_error)?;
+            let seq = seq_of(&k).ok_or_else(|| bad_key(&k))?;
+            Ok((seq, RawRecord(v)))
+        })
+    }
+
     fn try_append(&self, batch: &[Envelope]) -> Result<(), LogError> {
         let mut writes = sled::Batch::default();
         for env in batch {
@@ -222,6 +279,11 @@ impl SledLog {
 
 impl EventLog for SledLog {
     fn append(&self, batch: &[Envelope]) -> Result<SeqRange, LogError> {
+        if self.read_only {
+            return Err(LogError::ReadOnly {
+                dir: self.dir.clone(),
+            });
+        }
         let mut poisoned = self.append_lock.lock();
         if let Some(reason) = poisoned.as_ref() {
             return Err(LogError::Poisoned(reason.clone()));
@@ -279,6 +341,9 @@ impl EventLog for SledLog {
 
 impl Drop for SledLog {
     fn drop(&mut self) {
+        if self.read_only {
+            return;
+        }
         // Appends were each flushed; this only persists sled's own bookkeeping sooner.
         let _ = self.db.flush();
         let _ = fs::remove_file(self.dir.join(HOLDER_FILE));
@@ -376,7 +441,8 @@ fn open_db(dir: &Path, options: &OpenOptions) -> Result<sled::Db, LogError> {
         };
         // sled takes its file lock before it reads snapshots, so a corruption error means
         // no other process has the log open: an interrupted snapshot is nobody's work.
-        if matches!(err, sled::Error::Corruption { .. }) && !snapshots_cleared {
+        if matches!(err, sled::Error::Corruption { .. }) && !snapshots_cleared && !options.read_only
+        {
             snapshots_cleared = true;
             if remove_interrupted_snapshots(dir) > 0 {
                 continue;
@@ -597,6 +663,72 @@ mod tests {
         assert_eq!(log.head(), 2);
         log.append(&[env(3)]).unwrap();
         assert_eq!(log.get(3).unwrap(), Some(env(3)));
+    }
+
+    /// A read-only open (auditing tools) repairs nothing, labels nothing and appends
+    /// nothing: a damaged last record stays where it is and reads back as an error.
+    #[test]
+    fn a_read_only_open_leaves_a_damaged_tail_in_place_and_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let damaged = {
+            let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+            log.append(&[env(1), env(2), env(3)]).unwrap();
+            let mut bad = log.raw(3).unwrap().unwrap();
+            let n = bad.len();
+            bad[n - 1] ^= 0xff;
+            log.events.insert(key(3), bad.clone()).unwrap();
+            bad
+        };
+        let read_only = OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        };
+        {
+            let log = SledLog::open(dir.path(), read_only.clone()).unwrap();
+            assert!(!dir.path().join(HOLDER_FILE).exists());
+            assert_eq!(log.tail_repair(), None);
+            assert_eq!(log.head(), 3);
+            assert_eq!(log.raw(3).unwrap(), Some(damaged.clone()));
+            let read: Vec<_> = log.read_from(1).collect();
+            assert!(matches!(&read[2], Err(LogError::Corrupt(e)) if e.seq() == 3));
+            let raw: Vec<(Seq, Vec<u8>)> = log
+                .raw_from(2)
+                .map(|item| item.map(|(seq, bytes)| (seq, bytes.to_vec())).unwrap())
+                .collect();
+            assert_eq!(
+                raw,
+                vec![(2, codec::encode(&env(2)).unwrap()), (3, damaged.clone())]
+            );
+            assert_eq!(log.raw_from(4).count(), 0);
+            assert!(matches!(
+                log.append(&[env(4)]),
+                Err(LogError::ReadOnly { .. })
+            ));
+        }
+        // Still there for the next opener, which repairs it as before.
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        assert_eq!(log.tail_repair().map(|r| r.seq), Some(3));
+        drop(log);
+        // A read-only open never creates a log, and never adds our trees to another
+        // sled database.
+        let missing = dir.path().join("none");
+        assert!(matches!(
+            SledLog::open(&missing, read_only.clone()),
+            Err(LogError::NotALog { .. })
+        ));
+        assert!(!missing.exists());
+        let other = dir.path().join("other");
+        {
+            let db = sled::open(&other).unwrap();
+            db.insert("k", "v").unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            SledLog::open(&other, read_only),
+            Err(LogError::NotALog { .. })
+        ));
+        let db = sled::open(&other).unwrap();
+        assert_eq!(db.tree_names(), vec![sled::IVec::from("__sled__default")]);
     }
 
     /// Regression: sled lets go of its file lock only when its last background I/O thread

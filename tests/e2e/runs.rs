@@ -279,6 +279,17 @@ async fn record_turns_takes_1_to_256_turns_per_call() {
     assert_eq!(turn_count(&full_trace(&mut client, &run).await), 0);
     assert_eq!(record(&mut client, &run, turns("x", 256)).await, 0);
     assert_eq!(record(&mut client, &run, turns("y", 1)).await, 256);
+    // Every field of a turn but the daemon's is optional: an empty turn is a turn.
+    assert_eq!(record(&mut client, &run, vec![json!({})]).await, 257);
+    let page = client
+        .ok("runs.get_trace", json!({"run_id": run, "cursor": 258}))
+        .await;
+    let empty = &page["records"][0];
+    assert_eq!(empty["record"], "turn");
+    assert_eq!(empty["index"], 257);
+    assert_eq!(empty["verifier_verdict"], "not_run");
+    assert_eq!(empty["policy_rejected"], false);
+    assert!(is_protocol_time(empty["recorded_at"].as_str().unwrap()));
 }
 
 #[tokio::test]

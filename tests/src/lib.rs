@@ -10,7 +10,9 @@
 //! - [`InProcessServer`]: the daemon inside the test (`car_gateway::Daemon::start` and
 //!   `run`), for the tests that need its [`car_gateway::StopReport`] (the canonical digest).
 //! - [`Client`]: a JSON-RPC 2.0 client over tokio-tungstenite: calls, pipelined requests,
-//!   batches, raw text and binary frames, and notifications buffered by method.
+//!   batches, raw text and binary frames, notifications buffered by method (with arrival
+//!   numbers, to tell what came before or after a response), and a small-socket-buffer
+//!   variant for peers that stop reading.
 //! - [`Endpoint`]: where a daemon listens and its tokens; `auth_client`, `auth_agent`,
 //!   `auth_host` open authenticated sessions.
 //! - [`replay_digest`]: the canonical digest of a fresh replay of a data directory's log.

@@ -1,0 +1,88 @@
+//! One module per command. Each gets the opened log and the global flags, writes its
+//! output through [`crate::output::Out`], and returns the exit code of a completed run;
+//! anything that stops it early is an [`Error`].
+
+pub mod events;
+pub mod runs;
+pub mod state;
+pub mod stats;
+pub mod trace;
+pub mod verify;
+
+use crate::cli::{Cli, Command};
+use crate::datadir::{self, OpenLog};
+use crate::exit::{Error, Exit};
+use crate::replay::{self, ReplayOptions, Replayed};
+use crate::scan;
+
+/// The global flags every command sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// No progress bar.
+    pub quiet: bool,
+    /// Decoding threads.
+    pub threads: usize,
+}
+
+impl Context {
+    /// Replay options for a fold up to `until`, labelled `label` on the progress bar.
+    pub fn replay_options<'a>(
+        &self,
+        until: car_events::Seq,
+        keep_evicted: bool,
+        label: &'a str,
+    ) -> ReplayOptions<'a> {
+        ReplayOptions {
+            until,
+            keep_evicted,
+            threads: self.threads,
+            quiet: self.quiet,
+            label,
+        }
+    }
+
+    /// Folds the whole log, warning about a torn tail on stderr.
+    pub fn replay_all(
+        &self,
+        log: &OpenLog,
+        keep_evicted: bool,
+        label: &str,
+    ) -> Result<Replayed, Error> {
+        let replayed = replay::replay(
+            &log.log,
+            self.replay_options(car_events::Seq::MAX, keep_evicted, label),
+        )?;
+        replayed.warn_torn_tail();
+        Ok(replayed)
+    }
+}
+
+/// Opens the log and runs the command.
+pub fn run(cli: Cli) -> Result<Exit, Error> {
+    let context = Context {
+        quiet: cli.quiet,
+        threads: cli.threads.map_or_else(scan::default_threads, usize::from),
+    };
+    let log = datadir::open(datadir::resolve(cli.data_dir)?)?;
+    let result = match cli.command {
+        Command::Runs(args) => runs::run(&log, &context, &args),
+        Command::Trace(args) => trace::run(&log, &context, &args),
+        Command::Events(args) => events::run(&log, &context, &args),
+        Command::State(args) => state::run(&log, &context, &args),
+        Command::Verify(args) => verify::run(&log, &context, &args),
+        Command::Stats(args) => stats::run(&log, &context, &args),
+    };
+    leak(log);
+    result
+}
+
+/// Leaves `value` to the operating system instead of dropping it, for what the process no
+/// longer needs just before it exits:
+/// - the log: closing sled writes its own bookkeeping into the directory (a flush, a new
+///   segment); not closing it leaves the directory as it was (the exit releases sled's
+///   lock);
+/// - large states: freeing a million-event state's allocations one by one takes a tenth
+///   of a second that nobody waits for.
+pub fn leak<T>(value: T) {
+    std::mem::forget(value);
+}

@@ -1,0 +1,195 @@
+//! Fixture logs and a driver for the built `car-replay` binary.
+//!
+//! Logs are written straight into sled, record by record, in the layout of
+//! `car_events::log::SledLog` (tree `meta` holds the format marker, tree `events` maps the
+//! big-endian seq to the stored record), so a test can store any bytes under any key: the
+//! golden fixture's records exactly as they were encoded, a damaged record, a missing
+//! seq. The test process closes its sled handle before running the binary; sled lets go
+//! of its file lock a moment after that, which `SledLog::open` in the binary waits out.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use car_events::{Envelope, Seq, codec};
+use serde_json::Value;
+
+/// The marker `SledLog` stores in tree `meta` under key `format`.
+const FORMAT_MARKER: &[u8] = b"car-event-log/1";
+
+/// The golden fixture of car-events: each record as a `u32` LE length and the bytes.
+pub(crate) fn golden_records() -> Vec<(Seq, Vec<u8>)> {
+    let bytes = std::fs::read(car_events_fixture("golden-v1.records")).unwrap();
+    let mut records = Vec::new();
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        let (record, tail) = tail.split_at(len);
+        records.push((records.len() as Seq + 1, record.to_vec()));
+        rest = tail;
+    }
+    records
+}
+
+/// The golden fixture's JSON rendering, one line per record.
+pub(crate) fn golden_jsonl() -> String {
+    std::fs::read_to_string(car_events_fixture("golden-v1.jsonl")).unwrap()
+}
+
+/// The golden records, decoded.
+pub(crate) fn golden_envelopes() -> Vec<Envelope> {
+    golden_records()
+        .into_iter()
+        .map(|(seq, bytes)| codec::decode(seq, &bytes).unwrap())
+        .collect()
+}
+
+fn car_events_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../crates/car-events/tests/fixtures")
+        .join(name)
+}
+
+/// A data directory with a log in it (`DIR/log`), removed when dropped.
+#[derive(Debug)]
+pub(crate) struct DataDir {
+    dir: tempfile::TempDir,
+}
+
+impl DataDir {
+    /// A data directory whose log holds `records` (seq, stored bytes).
+    pub(crate) fn with_records(records: &[(Seq, Vec<u8>)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(&dir.path().join("log"), records);
+        Self { dir }
+    }
+
+    /// A data directory holding the golden log.
+    pub(crate) fn golden() -> Self {
+        Self::with_records(&golden_records())
+    }
+
+    /// A data directory holding `envelopes`, encoded.
+    pub(crate) fn with_envelopes(envelopes: &[Envelope]) -> Self {
+        let records: Vec<_> = envelopes
+            .iter()
+            .map(|env| (env.seq, codec::encode(env).unwrap()))
+            .collect();
+        Self::with_records(&records)
+    }
+
+    /// The data directory.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log directory.
+    pub(crate) fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Runs `car-replay --data-dir DIR ARGS…`.
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--data-dir", self.path().to_str().unwrap()];
+        all.extend_from_slice(args);
+        car_replay(&all)
+    }
+
+    /// The stored bytes of every record, read straight from sled (to check that nothing
+    /// was changed).
+    pub(crate) fn stored(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let db = open_sled(&self.log_dir());
+        let events = db.open_tree("events").unwrap();
+        events
+            .iter()
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+}
+
+/// Writes a log into `dir` with `records` stored as they are.
+pub(crate) fn write_log(dir: &Path, records: &[(Seq, Vec<u8>)]) {
+    let db = open_sled(dir);
+    db.open_tree("meta")
+        .unwrap()
+        .insert("format", FORMAT_MARKER)
+        .unwrap();
+    let events = db.open_tree("events").unwrap();
+    for (seq, bytes) in records {
+        events.insert(seq.to_be_bytes(), bytes.as_slice()).unwrap();
+    }
+    db.flush().unwrap();
+}
+
+fn open_sled(dir: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .open()
+        .unwrap()
+}
+
+/// What a run of the binary did.
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// The exit code.
+    pub(crate) code: i32,
+    /// Stdout.
+    pub(crate) stdout: String,
+    /// Stderr.
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    /// Stdout as one JSON document.
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Stdout as JSON lines.
+    pub(crate) fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Asserts the exit code, showing the output when it differs.
+    #[track_caller]
+    pub(crate) fn expect(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs the built binary with `args`.
+pub(crate) fn car_replay(args: &[&str]) -> Run {
+    let output = command(args).output().unwrap();
+    finish(output)
+}
+
+/// The binary as a [`Command`], stdin closed, `CAR_HOME` cleared.
+pub(crate) fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_car-replay"));
+    command
+        .args(args)
+        .env_remove("CAR_HOME")
+        .stdin(Stdio::null());
+    command
+}
+
+fn finish(output: Output) -> Run {
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}

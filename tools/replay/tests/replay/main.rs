@@ -1,0 +1,8 @@
+//! The integration tests of `car-replay`: the built binary, run on fixture logs, judged by
+//! its parsed `--json` output, its exit codes and its messages. One test binary, one
+//! module per area.
+
+mod daemon;
+mod damage;
+mod fixtures;
+mod golden;

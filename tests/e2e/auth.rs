@@ -224,7 +224,6 @@ async fn with_auth_disabled_every_session_is_served_with_any_token() {
 /// command line only accepts `true`/`false` for these variables: with `=1` it refuses to
 /// start (exit 2, "invalid value '1' for '--no-auth'").
 #[tokio::test]
-#[ignore = "bug: CAR_NO_AUTH=1 / CAR_NO_APPROVALS=1 make the daemon exit 2 (clap's bool parser accepts only true/false)"]
 async fn regression_car_no_auth_env_1_is_refused() {
     let server = builder()
         .env("CAR_NO_AUTH", "1")

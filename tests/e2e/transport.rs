@@ -561,7 +561,6 @@ async fn a_silent_peer_that_stopped_reading_is_closed_even_with_frames_queued_fo
 /// `--max-message-bytes 1048576` an answer over 2 MiB cannot be written, and the connection
 /// is dropped without a response or a close frame.
 #[tokio::test]
-#[ignore = "bug: with --max-message-bytes below 4 MiB, a runs.get_trace answer over twice the flag drops the connection (pages are always up to 8 MiB)"]
 async fn regression_a_large_get_trace_drops_the_connection_under_a_lower_max_message_bytes() {
     let server = server(&["--max-message-bytes", "1048576"]).await;
     let mut client = server.auth_client().await;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use car_projections::Retention;
 use chrono::TimeDelta;
-use clap::Parser;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser};
 
 /// Default port (PROTOCOL.md §1).
 pub const DEFAULT_PORT: u16 = 9100;
@@ -50,11 +51,11 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
 
     /// Accept every session without a token (every session may do what a host and a client may).
-    #[arg(long, env = "CAR_NO_AUTH")]
+    #[arg(long, env = "CAR_NO_AUTH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_auth: bool,
 
     /// Turn the approval gate off.
-    #[arg(long, env = "CAR_NO_APPROVALS")]
+    #[arg(long, env = "CAR_NO_APPROVALS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_approvals: bool,
 
     /// How long a gated call waits for its approval, in seconds.

@@ -47,7 +47,10 @@ const OUTBOUND_FRAMES: usize = 32;
 /// tungstenite's read buffer, allocated eagerly per connection. 4 KiB keeps 10 000 idle
 /// connections cheap; larger messages grow it as needed.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Outbound bytes tungstenite gathers before writing to the socket.
+/// Outbound bytes tungstenite gathers before writing to the socket. (Its cap on the write
+/// buffer stays unlimited: outbound memory is bounded by the outbound queue and by the
+/// size caps of the responses themselves, and a cap below the largest response would drop
+/// the connection instead of sending it.)
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// A frame for the sender task.
@@ -289,7 +292,6 @@ fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(max_message_bytes.saturating_mul(2).max(1 << 20))
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }

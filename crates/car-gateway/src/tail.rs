@@ -133,9 +133,15 @@ async fn send_unless_cancelled(
     method: &str,
     params: Value,
 ) -> bool {
+    // Cancellation wins: once a subscription is ended (the unsubscribe is answered after
+    // its token is cancelled), no further event of it may be queued behind the answer.
+    if cancel.is_cancelled() {
+        return false;
+    }
     tokio::select! {
-        sent = out.notify(method, params) => sent,
+        biased;
         () = cancel.cancelled() => false,
+        sent = out.notify(method, params) => sent,
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::connection::{Responder, Session};
-use crate::handlers::runs::read_blocking;
+use crate::handlers::runs::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::{self, RpcError};
 use crate::tail;
 
@@ -69,10 +69,14 @@ pub(crate) async fn read(session: &mut Session, params: Value, responder: Respon
         let log = app.writer.log().clone();
         let (events, next) = read_blocking(move || {
             let mut events = Vec::new();
+            let mut bytes = 0;
             let mut next = from;
             for item in log.read_from(from).take(MAX_SCAN) {
                 let env = item?;
-                if env.seq > head || events.len() == limit {
+                // A page ends at the head, at `limit` events, or past the response size
+                // cap (always holding at least one event); `next_seq` says where to go on.
+                let full = bytes > MAX_RESPONSE_BYTES && !events.is_empty();
+                if env.seq > head || events.len() == limit || full {
                     break;
                 }
                 next = env.seq + 1;
@@ -80,7 +84,9 @@ pub(crate) async fn read(session: &mut Session, params: Value, responder: Respon
                     .as_ref()
                     .is_none_or(|k| k.iter().any(|k| k == env.event.kind()))
                 {
-                    events.push(EventJson::from_envelope(&env));
+                    let rendered = EventJson::from_envelope(&env);
+                    bytes += rendered.data.to_string().len() + 64;
+                    events.push(rendered);
                 }
             }
             Ok::<_, car_events::LogError>((events, next))

@@ -149,7 +149,8 @@ impl Table {
                     line.push_str(cell);
                 } else {
                     line.push_str(cell);
-                    let pad = widths[i] - cell.chars().count() + 2;
+                    let width = widths.get(i).copied().unwrap_or(0);
+                    let pad = width.saturating_sub(cell.chars().count()) + 2;
                     line.extend(std::iter::repeat_n(' ', pad));
                 }
             }

@@ -30,7 +30,7 @@ impl Progress {
             ProgressDrawTarget::stderr_with_hz(REFRESH_PER_SECOND),
         );
         let style = ProgressStyle::with_template(
-            "{msg:>10} [{bar:40}] {human_pos}/{human_len} events ({per_sec}, {eta} left)",
+            "{msg:>7} [{bar:30}] {percent:>3}% of {human_len} events, {eta} left",
         )
         .map(|style| style.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());

@@ -10,6 +10,7 @@
 //! - [`MemLog`]: the same contract in memory, for every other crate's tests, with fault
 //!   injection for the "disk full" paths.
 
+mod durable;
 mod mem;
 mod sled;
 

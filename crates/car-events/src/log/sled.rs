@@ -14,7 +14,8 @@
 //!   written out, yet neither the file's metadata (its growing size) nor the disk's write
 //!   cache is flushed, so a power cut or kernel crash could still take an acknowledged
 //!   batch back (sled only `fsync`s from its periodic flusher, which we turn off). Every
-//!   flush is therefore followed by `fdatasync` of sled's `db` file ([`flush_durably`]);
+//!   flush is therefore followed by `fdatasync` of sled's `db` file, and before that an
+//!   `fsync` of every blob file sled wrote (it never syncs those) ([`super::durable`]);
 //!   one per batch, which the writer's group commit amortises;
 //! - a failed flush leaves the batch in sled's page cache, where a later flush would make
 //!   it durable after we reported failure. `append` therefore removes the failed batch
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::durable::DiskSync;
 use super::{EventLog, LogError, LogIter, check_sequence};
 use crate::codec::{self, CodecError};
 use crate::envelope::{Envelope, Seq, SeqRange};
@@ -125,8 +127,9 @@ pub struct SledLog {
     tail_repair: Option<TailRepair>,
     /// Opened with [`OpenOptions::read_only`].
     read_only: bool,
-    /// sled's data file, `fdatasync`ed after every flush (see the module docs).
-    db_file: fs::File,
+    /// Syncs after every flush: sled's `db` file and its new blob files (see
+    /// [`super::durable`]).
+    sync: DiskSync,
 }
 
 fn key(seq: Seq) -> [u8; 8] {
@@ -159,7 +162,7 @@ impl SledLog {
         if !options.read_only {
             write_holder(&dir);
         }
-        let db_file = open_db_file(&dir)?;
+        let sync = DiskSync::open(&dir, options.read_only)?;
 
         if !create && !db.tree_names().iter().any(|name| name.as_ref() == b"meta") {
             // Checked before `open_tree`, which would create the tree in someone else's
@@ -184,7 +187,7 @@ impl SledLog {
             }
             None if events.is_empty() && create => {
                 meta.insert(FORMAT_KEY, FORMAT_MARKER).map_err(io_error)?;
-                flush_durably(&db, &db_file)?;
+                sync.flush(&db)?;
             }
             None => {
                 return Err(LogError::NotALog {
@@ -200,7 +203,7 @@ impl SledLog {
             verify_tail(&events)?
         };
         if tail_repair.is_some() {
-            flush_durably(&db, &db_file)?;
+            sync.flush(&db)?;
         }
         let head = match events.last().map_err(io_error)? {
             Some((k, _)) => seq_of(&k).ok_or_else(|| bad_key(&k))?,
@@ -214,7 +217,7 @@ impl SledLog {
             append_lock: Mutex::new(None),
             tail_repair,
             read_only: options.read_only,
-            db_file,
+            sync,
         })
     }
 
@@ -264,7 +267,7 @@ impl SledLog {
             writes.insert(&key(env.seq), codec::encode(env)?);
         }
         self.events.apply_batch(writes).map_err(io_error)?;
-        flush_durably(&self.db, &self.db_file)
+        self.sync.flush(&self.db)
     }
 
     /// Takes a failed batch back out of sled's cache, so no later flush makes it durable.
@@ -348,33 +351,6 @@ impl Drop for SledLog {
         let _ = self.db.flush();
         let _ = fs::remove_file(self.dir.join(HOLDER_FILE));
     }
-}
-
-/// Opens sled's data file for [`flush_durably`], and makes the directory entries of a
-/// freshly created database durable (`fsync` of the directory, on Unix).
-fn open_db_file(dir: &Path) -> Result<fs::File, LogError> {
-    let path = dir.join("db");
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true) // never written through; some platforms sync only writable handles
-        .open(&path)
-        .map_err(|e| LogError::Io(format!("opening {}: {e}", path.display())))?;
-    #[cfg(unix)]
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogError::Io(format!("syncing {}: {e}", dir.display())))?;
-    Ok(file)
-}
-
-/// sled's flush, then `fdatasync` of its data file: only then is a write durable against
-/// a power cut or a kernel crash, not only against the process dying.
-fn flush_durably(db: &sled::Db, db_file: &fs::File) -> Result<(), LogError> {
-    db.flush().map_err(io_error)?;
-    #[cfg(test)]
-    tests::DATA_SYNCS.with(|n| n.set(n.get() + 1));
-    db_file
-        .sync_data()
-        .map_err(|e| LogError::Io(format!("fdatasync of the event log: {e}")))
 }
 
 fn bad_key(key: &[u8]) -> LogError {
@@ -527,10 +503,7 @@ mod tests {
     use std::cell::Cell;
     use uuid::Uuid;
 
-    thread_local! {
-        /// `fdatasync`s of the db file made by this test thread (see [`flush_durably`]).
-        pub(super) static DATA_SYNCS: Cell<u64> = const { Cell::new(0) };
-    }
+    use crate::log::durable::tests::{BLOB_SYNCS, DATA_SYNCS};
 
     fn env(seq: Seq) -> Envelope {
         Envelope {
@@ -583,6 +556,35 @@ mod tests {
         // A refused append writes nothing and syncs nothing.
         assert!(log.append(&[env(5)]).is_err());
         assert_eq!(DATA_SYNCS.with(Cell::get) - before, 2);
+    }
+
+    /// Regression: sled writes any page over ~128 KiB (a leaf of large records) to its own
+    /// file under `blobs/` and never syncs it, so an acknowledged batch of large turns was
+    /// not power-cut safe. Every blob file sled creates is now `fsync`ed before the append
+    /// returns.
+    #[test]
+    fn every_blob_file_sled_writes_is_fsynced_before_the_append_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        let big = |seq: Seq| Envelope {
+            event: Event::DaemonStopped(DaemonStopped {
+                reason: "x".repeat(300 * 1024),
+            }),
+            ..env(seq)
+        };
+        let before = BLOB_SYNCS.with(Cell::get);
+        log.append(&[big(1)]).unwrap();
+        let blobs = fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(blobs > 0, "a 300 KiB record must be stored as a blob");
+        let synced = BLOB_SYNCS.with(Cell::get) - before;
+        assert!(synced >= 1, "{blobs} blob files, {synced} synced");
+        // Small appends create no blob and sync none.
+        let before = BLOB_SYNCS.with(Cell::get);
+        log.append(&[env(2)]).unwrap();
+        assert_eq!(BLOB_SYNCS.with(Cell::get), before);
+        drop(log);
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        assert_eq!(log.get(1).unwrap(), Some(big(1)));
     }
 
     /// Regression: sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it and

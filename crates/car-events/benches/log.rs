@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use car_events::codec;
 use car_events::event::TurnsRecorded;
-use car_events::log::LogIter;
+use car_events::log::RawIter;
 use car_events::{
     Envelope, Event, EventLog, JsonText, LogError, OpenOptions, SCHEMA_VERSION, Seq, SeqRange,
     SledLog, Stamper, Writer,
@@ -364,8 +364,8 @@ impl<L: EventLog> EventLog for Counted<L> {
         self.inner.append(batch)
     }
 
-    fn read_from(&self, from: Seq) -> LogIter<'_> {
-        self.inner.read_from(from)
+    fn raw_from(&self, from: Seq) -> RawIter<'_> {
+        self.inner.raw_from(from)
     }
 
     fn get(&self, seq: Seq) -> Result<Option<Envelope>, LogError> {
@@ -429,7 +429,7 @@ impl EventLog for FileLog {
         Ok(range)
     }
 
-    fn read_from(&self, _from: Seq) -> LogIter<'_> {
+    fn raw_from(&self, _from: Seq) -> RawIter<'_> {
         Box::new(std::iter::empty())
     }
 

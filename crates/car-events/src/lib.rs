@@ -6,6 +6,7 @@
 //! - [`log`]: the [`EventLog`] trait, [`SledLog`] and [`MemLog`].
 //! - [`writer`]: the single [`Writer`]: group commit, decisions against the state, the
 //!   durable head.
+//! - [`scan`]: ordered scans that decode on other threads (replay, audits);
 //! - [`clock`]: injected time and ids, so replays and tests are deterministic.
 
 pub mod clock;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod json_text;
 pub mod log;
 pub mod render;
+pub mod scan;
 pub mod writer;
 
 pub use clock::{Clock, IdSource, ManualClock, SeededIds, Stamper, SystemClock};

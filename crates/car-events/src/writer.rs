@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::thread;
 
@@ -34,6 +35,7 @@ use crate::clock::Stamper;
 use crate::envelope::{Envelope, SCHEMA_VERSION, Seq, SeqRange};
 use crate::event::Event;
 use crate::log::{EventLog, GaplessCheck, LogError};
+use crate::scan;
 
 /// The most jobs folded into one durable batch. Large enough that a flush amortises over
 /// thousands of appenders, small enough that one batch's write stays a few milliseconds.
@@ -100,6 +102,10 @@ pub enum ReplayError {
 /// Folds every event after `from - 1` into `state`, checking that seqs are gapless;
 /// `progress` is called with each seq applied. Returns the last seq applied (or
 /// `from - 1` when there was nothing).
+///
+/// Records are read from storage on one thread and decoded on others while this thread
+/// folds, in seq order ([`crate::scan`]), so a cold start-up is bound by the storage, not
+/// by the codec.
 pub fn replay<S: Fold>(
     log: &dyn EventLog,
     state: &mut S,
@@ -109,17 +115,39 @@ pub fn replay<S: Fold>(
     let from = from.max(1);
     let mut gapless = GaplessCheck::starting_at(from);
     let mut last = from - 1;
-    for item in log.read_from(from) {
-        let env = item?;
-        gapless.check(env.seq)?;
-        state.apply(&env).map_err(|e| ReplayError::Apply {
-            seq: env.seq,
-            source: Box::new(e),
-        })?;
-        last = env.seq;
-        progress(last);
+    let mut failure = None;
+    scan::scan(
+        log,
+        from..=Seq::MAX,
+        scan::default_threads(),
+        |_| {},
+        |item| item,
+        |item| {
+            let applied = item.map_err(ReplayError::from).and_then(|env| {
+                gapless.check(env.seq)?;
+                state.apply(&env).map_err(|e| ReplayError::Apply {
+                    seq: env.seq,
+                    source: Box::new(e),
+                })?;
+                Ok(env.seq)
+            });
+            match applied {
+                Ok(seq) => {
+                    last = seq;
+                    progress(seq);
+                    ControlFlow::Continue(())
+                }
+                Err(err) => {
+                    failure = Some(err);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    );
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(last),
     }
-    Ok(last)
 }
 
 /// The durable position of the log as the writer announces it.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use super::{EventLog, LogError, LogIter, check_sequence};
+use super::{EventLog, LogError, RawIter, RawRecord, check_sequence};
 use crate::codec;
 use crate::envelope::{Envelope, Seq, SeqRange};
 
@@ -106,14 +106,13 @@ impl EventLog for MemLog {
         Ok(range)
     }
 
-    fn read_from(&self, from: Seq) -> LogIter<'_> {
-        let start = from.max(1);
-        let mut next = start;
+    fn raw_from(&self, from: Seq) -> RawIter<'_> {
+        let mut next = from.max(1);
         Box::new(std::iter::from_fn(move || {
             let bytes = self.raw(next)?;
             let seq = next;
             next += 1;
-            Some(codec::decode(seq, &bytes).map_err(LogError::from))
+            Some(Ok((seq, RawRecord::shared(bytes))))
         }))
     }
 

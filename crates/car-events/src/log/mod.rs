@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use tokio::sync::watch;
 
 pub use self::mem::MemLog;
-pub use self::sled::{OpenOptions, RawRecord, SledLog, TailRepair};
+pub use self::sled::{OpenOptions, SledLog, TailRepair};
 
 use crate::codec::CodecError;
 use crate::envelope::{Envelope, Seq, SeqRange};
@@ -93,6 +93,41 @@ fn reason_suffix(reason: &str) -> String {
 /// An ordered iterator over stored events.
 pub type LogIter<'a> = Box<dyn Iterator<Item = Result<Envelope, LogError>> + Send + 'a>;
 
+/// An ordered iterator over stored records, undecoded.
+pub type RawIter<'a> = Box<dyn Iterator<Item = Result<(Seq, RawRecord), LogError>> + Send + 'a>;
+
+/// A stored record's bytes, undecoded and unverified (shared with the storage's cache,
+/// not copied). Decode with [`crate::codec::decode`].
+#[derive(Debug, Clone)]
+pub struct RawRecord(RawBytes);
+
+#[derive(Debug, Clone)]
+enum RawBytes {
+    Sled(::sled::IVec),
+    Shared(std::sync::Arc<Vec<u8>>),
+}
+
+impl RawRecord {
+    fn sled(bytes: ::sled::IVec) -> Self {
+        Self(RawBytes::Sled(bytes))
+    }
+
+    fn shared(bytes: std::sync::Arc<Vec<u8>>) -> Self {
+        Self(RawBytes::Shared(bytes))
+    }
+}
+
+impl std::ops::Deref for RawRecord {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            RawBytes::Sled(bytes) => bytes,
+            RawBytes::Shared(bytes) => bytes,
+        }
+    }
+}
+
 /// Durable, sequenced, append-only storage of envelopes.
 pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// Appends a batch whose seqs are exactly `head + 1 ..`, contiguous. Returns once every
@@ -100,9 +135,19 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// not moved.
     fn append(&self, batch: &[Envelope]) -> Result<SeqRange, LogError>;
 
+    /// The stored records from `from` (inclusive) to the head, in seq order, undecoded
+    /// (for scans that decode elsewhere: see [`crate::scan`]). A key that is not a seq is
+    /// an error item.
+    fn raw_from(&self, from: Seq) -> RawIter<'_>;
+
     /// The events from `from` (inclusive) to the head, in seq order. Reading from 0 or 1
     /// reads everything. A damaged record is an error item naming its seq.
-    fn read_from(&self, from: Seq) -> LogIter<'_>;
+    fn read_from(&self, from: Seq) -> LogIter<'_> {
+        Box::new(self.raw_from(from).map(|raw| {
+            let (seq, bytes) = raw?;
+            Ok(crate::codec::decode(seq, &bytes)?)
+        }))
+    }
 
     /// One event, `None` past the head.
     fn get(&self, seq: Seq) -> Result<Option<Envelope>, LogError> {

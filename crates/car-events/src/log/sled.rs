@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::durable::DiskSync;
-use super::{EventLog, LogError, LogIter, check_sequence};
+use super::{EventLog, LogError, RawIter, RawRecord, check_sequence};
 use crate::codec::{self, CodecError};
 use crate::envelope::{Envelope, Seq, SeqRange};
 
@@ -98,19 +98,6 @@ impl std::fmt::Display for TailRepair {
             "dropped the damaged last record (seq {}, {} bytes): {}",
             self.seq, self.bytes, self.reason
         )
-    }
-}
-
-/// A stored record's bytes, as [`SledLog::raw_from`] reads them (shared with sled's
-/// cache, not copied).
-#[derive(Debug, Clone)]
-pub struct RawRecord(sled::IVec);
-
-impl std::ops::Deref for RawRecord {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.0
     }
 }
 
@@ -243,24 +230,6 @@ impl SledLog {
             .map(|v| v.to_vec()))
     }
 
-    /// The stored records from `from` to the head, in seq order, unverified and undecoded
-    /// (for tools that check every record themselves: `car-replay verify` reads on one
-    /// thread and decodes, with [`codec::decode`], on others). A key that is not a seq is an
-    /// error item.
-    pub fn raw_from(
-        &self,
-        from: Seq,
-    ) -> impl Iterator<Item = Result<(Seq, RawRecord), LogError>> + Send + '_ {
-        let head = self.head();
-        let from = from.max(1);
-        let range = (from <= head).then(|| self.events.range(key(from)..=key(head)));
-        range.into_iter().flatten().map(|item| {
-            let (k, v) = item.map_err(io_error)?;
-            let seq = seq_of(&k).ok_or_else(|| bad_key(&k))?;
-            Ok((seq, RawRecord(v)))
-        })
-    }
-
     fn try_append(&self, batch: &[Envelope]) -> Result<(), LogError> {
         let mut writes = sled::Batch::default();
         for env in batch {
@@ -309,7 +278,7 @@ impl EventLog for SledLog {
         Ok(range)
     }
 
-    fn read_from(&self, from: Seq) -> LogIter<'_> {
+    fn raw_from(&self, from: Seq) -> RawIter<'_> {
         let head = self.head();
         let from = from.max(1);
         if from > head {
@@ -318,7 +287,7 @@ impl EventLog for SledLog {
         Box::new(self.events.range(key(from)..=key(head)).map(|item| {
             let (k, v) = item.map_err(io_error)?;
             let seq = seq_of(&k).ok_or_else(|| bad_key(&k))?;
-            Ok(codec::decode(seq, &v)?)
+            Ok((seq, RawRecord::sled(v)))
         }))
     }
 

@@ -5,8 +5,8 @@
 //! cargo bench -p car-projections --bench rebuild          # CAR_BENCH_QUICK=1: 100 k events
 //! ```
 //!
-//! The log is [`Workload::million`]: 10 000 runs × 100 single-turn batches, with sessions,
-//! approvals and ends (≈ 1.05 M events). Scan and rebuild are interleaved, three rounds
+//! The log is [`Workload::million`]: a busy daemon's 1 M events (≈ 10 000 runs of ~100
+//! turns by 16 interleaved agents, with proposals, tool calls and approvals). Scan and rebuild are interleaved, three rounds
 //! each, and the medians compared, so machine noise hits both alike. Target: rebuild at
 //! least 50 % of the scan's events/s.
 
@@ -29,7 +29,7 @@ fn main() {
     let quick = std::env::var_os("CAR_BENCH_QUICK").is_some();
     let workload = if quick {
         Workload {
-            runs: 1_000,
+            events: 100_000,
             ..Workload::million()
         }
     } else {
@@ -40,11 +40,13 @@ fn main() {
     let dir = tempfile::tempdir_in(base).expect("temp dir");
     let log = SledLog::open(dir.path(), OpenOptions::default()).expect("open log");
     let started = Instant::now();
-    let head = write_log(&log, &workload, 7, |_| {}).expect("write log");
+    let head = write_log(&log, &workload, 7, |_| {})
+        .expect("write log")
+        .head();
     println!(
-        "log: {head} events ({} runs × {} turns), {:.1} MiB on disk, written in {:.1}s",
-        workload.runs,
+        "log: {head} events (~{} turns per run, {} agents), {:.1} MiB on disk, written in {:.1}s",
         workload.turns_per_run,
+        workload.agents,
         log.size_on_disk() as f64 / (1024.0 * 1024.0),
         started.elapsed().as_secs_f64()
     );

@@ -286,10 +286,9 @@ fn a_closed_pipe_ends_quietly_with_success() {
     // Enough events that `events` is still writing when its reader goes away (far more
     // than a pipe buffers).
     let workload = car_projections::synth::Workload {
-        runs: 40,
+        events: 2_000,
         turns_per_run: 50,
-        turn_text_bytes: 200,
-        approval_every: 10,
+        agents: 4,
     };
     let log = car_events::MemLog::new();
     car_projections::synth::write_log(&log, &workload, 7, |_| {}).unwrap();

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::notify::{Notifier, approval_key, run_key};
 use crate::rpc::RpcError;
+use crate::tail::TurnFrames;
 use crate::tokens::Tokens;
 
 /// The daemon's shared runtime.
@@ -34,6 +35,8 @@ pub struct App {
     pub notifier: Notifier,
     /// Cancelled when the daemon begins to stop.
     pub stopping: CancellationToken,
+    /// Recent `runs.trace.event` frames, rendered once for all of a run's subscribers.
+    pub turn_frames: Arc<TurnFrames>,
 }
 
 /// A write whose events are durable.

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -56,8 +56,8 @@ const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// A frame for the sender task.
 #[derive(Debug)]
 pub(crate) enum Frame {
-    /// A JSON text.
-    Text(String),
+    /// A JSON text (shared bytes: a frame rendered once can go to many connections).
+    Text(Utf8Bytes),
     /// Close the connection with this code and reason.
     Close(CloseCode, &'static str),
 }
@@ -69,7 +69,13 @@ pub(crate) struct Outbound(mpsc::Sender<Frame>);
 impl Outbound {
     /// Sends a JSON message, waiting for room. False once the connection is gone.
     pub(crate) async fn send(&self, message: &Value) -> bool {
-        self.0.send(Frame::Text(message.to_string())).await.is_ok()
+        self.send_text(message.to_string().into()).await
+    }
+
+    /// Sends an already rendered JSON text, waiting for room. False once the connection
+    /// is gone.
+    pub(crate) async fn send_text(&self, text: Utf8Bytes) -> bool {
+        self.0.send(Frame::Text(text)).await.is_ok()
     }
 
     /// Sends a notification.
@@ -511,7 +517,7 @@ async fn send_loop(
             tokio::select! {
                 frame = rx.recv() => match frame {
                     Some(Frame::Text(text)) => {
-                        let fed = sink.feed(Message::text(text)).await;
+                        let fed = sink.feed(Message::Text(text)).await;
                         // Flush when nothing else is waiting: one syscall per burst.
                         if fed.is_ok() && rx.is_empty() { sink.flush().await.map(|()| true) } else { fed.map(|()| true) }
                     }

@@ -213,6 +213,7 @@ impl Daemon {
             tokens,
             notifier: Notifier::default(),
             stopping: CancellationToken::new(),
+            turn_frames: Arc::default(),
         });
         let report = StartReport {
             listen,

@@ -7,17 +7,20 @@
 //! dropped or sent twice, and neither the writer nor any other connection ever waits for
 //! it. Only durable events are read, so nothing a crash could take back is ever sent.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
 
 use car_events::{EventJson, EventLog, Seq};
 use car_projections::{RunStatus, trace};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::connection::Outbound;
 use crate::handlers::runs::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::notify::run_key;
+use crate::rpc::{self, RpcError};
 
 /// Events a log tail reads per step: large enough to amortise a read, small enough that a
 /// step stays short.
@@ -27,6 +30,7 @@ const LOG_CHUNK: usize = 256;
 struct RunNews {
     agent_id: String,
     run_id: String,
+    /// The durable turn batches from the one holding the tail's next turn on.
     batches: Vec<car_projections::state::TurnBatch>,
     /// Turns durable now.
     available: u32,
@@ -47,6 +51,7 @@ pub(crate) async fn follow_run(
     cancel: CancellationToken,
 ) {
     let mut wake = app.notifier.watch(&run_key(&run_id));
+    let shared = app.turn_frames.join(&run_id);
     loop {
         wake.borrow_and_update();
         let durable = app.writer.durable().seq;
@@ -59,10 +64,15 @@ pub(crate) async fn follow_run(
                 } else {
                     run.turn_batches[batches.len()].base_index
                 };
+                // Only the batches from the one holding turn `next` on: copying the whole
+                // list on every wake would cost each subscriber O(turns) per event.
+                let first = batches
+                    .partition_point(|b| b.base_index <= next)
+                    .saturating_sub(1);
                 RunNews {
                     agent_id: run.agent_id.clone(),
                     run_id: run.run_id.clone(),
-                    batches: batches.to_vec(),
+                    batches: batches[first..].to_vec(),
                     available,
                     end: run
                         .end
@@ -78,30 +88,12 @@ pub(crate) async fn follow_run(
             return; // evicted
         };
         if next < news.available {
-            let log = app.writer.log().clone();
-            let (id, batches, from, to) = (
-                news.run_id.clone(),
-                news.batches.clone(),
-                next,
-                news.available,
-            );
-            let records = read_blocking(move || {
-                trace::turn_records(log.as_ref(), &id, &batches, from, to, MAX_RESPONSE_BYTES)
-            })
-            .await;
-            let Ok(records) = records else {
+            let Ok(frames) = shared.frames(&app, &news, next).await else {
                 return;
             };
-            for record in records {
+            for frame in frames {
                 next += 1;
-                let params = json!({
-                    "run_id": news.run_id,
-                    "agent_id": news.agent_id,
-                    "record": record,
-                    "cursor": next,
-                    "status": RunStatus::InProgress.as_str(),
-                });
-                if !send_unless_cancelled(&out, &cancel, "runs.trace.event", params).await {
+                if !send_frame_unless_cancelled(&out, &cancel, frame).await {
                     return;
                 }
             }
@@ -124,6 +116,183 @@ pub(crate) async fn follow_run(
             changed = wake.changed() => if changed.is_err() { return },
             () = cancel.cancelled() => return,
         }
+    }
+}
+
+/// The `runs.trace.event` frames of runs' recent turns, rendered once and shared by every
+/// subscriber of the run.
+///
+/// When a run with many subscribers records a turn, every tail wakes at once and needs the
+/// same frame: without sharing, each would read the turn back from the log (a hop to the
+/// blocking pool, a sled lookup, a decode) and render the same JSON. Here the first tail
+/// to need a turn reads and renders it, under the run's lock, and the others find it
+/// rendered. Frames are byte-for-byte what each tail would have rendered, and only durable
+/// turns are ever rendered (the tail asks only for turns below the durable count).
+#[derive(Debug, Default)]
+pub struct TurnFrames {
+    runs: parking_lot::Mutex<HashMap<String, Weak<RunFrames>>>,
+}
+
+impl TurnFrames {
+    /// The shared frames of `run_id`, for one more tail; dropping the handle leaves.
+    pub(crate) fn join(self: &Arc<Self>, run_id: &str) -> SharedFrames {
+        let mut runs = self.runs.lock();
+        let frames = match runs.get(run_id).and_then(Weak::upgrade) {
+            Some(frames) => frames,
+            None => {
+                let frames = Arc::new(RunFrames::default());
+                runs.insert(run_id.to_owned(), Arc::downgrade(&frames));
+                frames
+            }
+        };
+        SharedFrames {
+            registry: self.clone(),
+            run_id: run_id.to_owned(),
+            frames: Some(frames),
+        }
+    }
+
+    /// How many runs have shared frames (for tests of the clean-up).
+    pub fn runs(&self) -> usize {
+        self.runs.lock().len()
+    }
+}
+
+/// The frames of one run: a window of consecutive turns `first ..`, the most recent ones.
+#[derive(Debug, Default)]
+pub(crate) struct RunFrames {
+    window: tokio::sync::Mutex<Window>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    first: u32,
+    frames: VecDeque<Utf8Bytes>,
+    bytes: usize,
+}
+
+/// Turns a run's window keeps: subscribers that keep up need only the newest few; one
+/// further behind reads from the log as it always could.
+const WINDOW_FRAMES: usize = 128;
+/// Bytes a run's window keeps at most (turns may be large).
+const WINDOW_BYTES: usize = 256 * 1024;
+
+/// A tail's handle on its run's shared frames.
+#[derive(Debug)]
+pub(crate) struct SharedFrames {
+    registry: Arc<TurnFrames>,
+    run_id: String,
+    frames: Option<Arc<RunFrames>>,
+}
+
+impl Drop for SharedFrames {
+    fn drop(&mut self) {
+        let mut runs = self.registry.runs.lock();
+        drop(self.frames.take());
+        if runs
+            .get(&self.run_id)
+            .is_some_and(|w| w.strong_count() == 0)
+        {
+            runs.remove(&self.run_id);
+        }
+    }
+}
+
+impl SharedFrames {
+    /// The frames of turns `from .. news.available` (fewer when the log read stops at its
+    /// byte cap; at least one).
+    async fn frames(
+        &self,
+        app: &Arc<App>,
+        news: &RunNews,
+        from: u32,
+    ) -> Result<Vec<Utf8Bytes>, RpcError> {
+        let Some(shared) = &self.frames else {
+            return Ok(Vec::new());
+        };
+        let to = news.available;
+        let mut window = shared.window.lock().await;
+        let end = window.first + window.frames.len() as u32;
+        if window.frames.is_empty() || from > end {
+            // Nothing kept, or only turns every tail here is past: start anew at `from`.
+            window.frames.clear();
+            window.bytes = 0;
+            window.first = from;
+        } else if from < window.first {
+            // Far behind the others: read alone, keep the window for them.
+            return render(app, news, from, to).await;
+        }
+        let end = window.first + window.frames.len() as u32;
+        let mut frames: Vec<Utf8Bytes> = window
+            .frames
+            .iter()
+            .skip((from - window.first) as usize)
+            .take((to.saturating_sub(from)) as usize)
+            .cloned()
+            .collect();
+        if to > end {
+            let fresh = render(app, news, end, to).await?;
+            frames.extend(fresh.iter().cloned());
+            for frame in fresh {
+                window.bytes += frame.len();
+                window.frames.push_back(frame);
+            }
+            while window.frames.len() > WINDOW_FRAMES || window.bytes > WINDOW_BYTES {
+                let Some(old) = window.frames.pop_front() else {
+                    break;
+                };
+                window.bytes -= old.len();
+                window.first += 1;
+            }
+        }
+        Ok(frames)
+    }
+}
+
+/// Reads turns `from .. to` from the log and renders their `runs.trace.event` frames.
+async fn render(
+    app: &Arc<App>,
+    news: &RunNews,
+    from: u32,
+    to: u32,
+) -> Result<Vec<Utf8Bytes>, RpcError> {
+    let log = app.writer.log().clone();
+    let (id, batches) = (news.run_id.clone(), news.batches.clone());
+    let records = read_blocking(move || {
+        trace::turn_records(log.as_ref(), &id, &batches, from, to, MAX_RESPONSE_BYTES)
+    })
+    .await?;
+    Ok(records
+        .into_iter()
+        .zip(from + 1..)
+        .map(|(record, cursor)| {
+            let params = json!({
+                "run_id": news.run_id,
+                "agent_id": news.agent_id,
+                "record": record,
+                "cursor": cursor,
+                "status": RunStatus::InProgress.as_str(),
+            });
+            rpc::notification("runs.trace.event", params)
+                .to_string()
+                .into()
+        })
+        .collect())
+}
+
+async fn send_frame_unless_cancelled(
+    out: &Outbound,
+    cancel: &CancellationToken,
+    frame: Utf8Bytes,
+) -> bool {
+    // As `send_unless_cancelled`: cancellation wins.
+    if cancel.is_cancelled() {
+        return false;
+    }
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        sent = out.send_text(frame) => sent,
     }
 }
 

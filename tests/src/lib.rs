@@ -12,7 +12,11 @@
 //! - [`Client`]: a JSON-RPC 2.0 client over tokio-tungstenite: calls, pipelined requests,
 //!   batches, raw text and binary frames, notifications buffered by method (with arrival
 //!   numbers, to tell what came before or after a response), and a small-socket-buffer
-//!   variant for peers that stop reading.
+//!   variant for peers that stop reading; as a tool client it takes the server's
+//!   `tools.execute` requests whole ([`Client::next_tool_call`]), replies to them in any
+//!   order ([`Client::reply`], [`Client::reply_error`]) or answers each with a closure
+//!   while it waits for a response ([`Client::serve_tools_until`], [`Client::submit`],
+//!   [`ToolAnswer`]), and reads the whole log ([`Client::whole_log`]).
 //! - [`Endpoint`]: where a daemon listens and its tokens; `auth_client`, `auth_agent`,
 //!   `auth_host` open authenticated sessions.
 //! - [`replay_digest`]: the canonical digest of a fresh replay of a data directory's log.
@@ -471,6 +475,180 @@ impl Client {
     pub async fn handshake(&mut self) -> Value {
         self.ok("server.handshake", json!({"protocol_version": 2}))
             .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tool clients: the server's requests (`tools.execute`) and the client's replies
+
+/// How a tool client answers one `tools.execute` request (see
+/// [`Client::serve_tools_until`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolAnswer {
+    /// A JSON-RPC response with this `result`.
+    Result(Value),
+    /// A JSON-RPC response with this `error` object.
+    Error(Value),
+    /// These text frames, sent as they are, in order (stray or malformed replies, a
+    /// reply with another id, …).
+    Frames(Vec<String>),
+    /// Nothing (now): the test answers later, or never.
+    Nothing,
+}
+
+impl Client {
+    /// The next message of `method` the server sent (a request such as `tools.execute`, or
+    /// a notification), whole: `{jsonrpc, id?, method, params}`. Others stay buffered.
+    pub async fn next_request(&mut self, method: &str) -> anyhow::Result<Value> {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(pos) = self
+                    .notifications
+                    .iter()
+                    .position(|(_, n)| n["method"] == method)
+                {
+                    let (_, message) = self.notifications.remove(pos).unwrap_or_default();
+                    return Ok(message);
+                }
+                self.pump().await?;
+            }
+        })
+        .await;
+        match found {
+            Ok(result) => result,
+            Err(_) => bail!("no {method} message within {WAIT:?}"),
+        }
+    }
+
+    /// The next `tools.execute` request, whole (its `id` and its `params`).
+    pub async fn next_tool_call(&mut self) -> Value {
+        self.next_request("tools.execute")
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}"))
+    }
+
+    /// Answers the server's request `id` with `result`.
+    pub async fn reply(&mut self, id: &Value, result: Value) {
+        self.send_json(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}"));
+    }
+
+    /// Answers the server's request `id` with the JSON-RPC `error` object.
+    pub async fn reply_error(&mut self, id: &Value, error: Value) {
+        self.send_json(&json!({"jsonrpc": "2.0", "id": id, "error": error}))
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}"));
+    }
+
+    /// Sends `answer` to the request `call` (a whole `tools.execute` message).
+    pub async fn answer(&mut self, call: &Value, answer: ToolAnswer) {
+        let id = &call["id"];
+        match answer {
+            ToolAnswer::Result(result) => self.reply(id, result).await,
+            ToolAnswer::Error(error) => self.reply_error(id, error).await,
+            ToolAnswer::Frames(frames) => {
+                for frame in frames {
+                    self.send_text(frame)
+                        .await
+                        .unwrap_or_else(|err| panic!("{err:#}"));
+                }
+            }
+            ToolAnswer::Nothing => {}
+        }
+    }
+
+    /// Answers every `tools.execute` request with `answer(request)` (the whole message)
+    /// until the response to `id` arrives; returns that response. Requests are answered
+    /// in the order they arrive; the other buffers are left alone.
+    pub async fn serve_tools_until(
+        &mut self,
+        id: &Value,
+        mut answer: impl FnMut(&Value) -> ToolAnswer,
+    ) -> anyhow::Result<Result<Value, RpcError>> {
+        let served = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(pos) = self
+                    .replies
+                    .iter()
+                    .position(|(_, r)| r.get("id") == Some(id) && !r.is_array())
+                {
+                    let (_, response) = self.replies.remove(pos).unwrap_or_default();
+                    return Ok(outcome(&response));
+                }
+                if let Some(pos) = self
+                    .notifications
+                    .iter()
+                    .position(|(_, n)| n["method"] == "tools.execute")
+                {
+                    let (_, call) = self.notifications.remove(pos).unwrap_or_default();
+                    let reply = answer(&call);
+                    self.answer(&call, reply).await;
+                    continue;
+                }
+                self.pump().await?;
+            }
+        })
+        .await;
+        match served {
+            Ok(result) => result,
+            Err(_) => bail!("no response to id {id} within {WAIT:?}"),
+        }
+    }
+
+    /// Calls `method`, answering `tools.execute` requests with `answer` meanwhile (see
+    /// [`Client::serve_tools_until`]). Panics if the connection fails.
+    pub async fn call_serving_tools(
+        &mut self,
+        method: &str,
+        params: Value,
+        answer: impl FnMut(&Value) -> ToolAnswer,
+    ) -> Result<Value, RpcError> {
+        let id = self
+            .request(method, params)
+            .await
+            .unwrap_or_else(|err| panic!("{method}: {err:#}"));
+        self.serve_tools_until(&id, answer)
+            .await
+            .unwrap_or_else(|err| panic!("{method}: {err:#}"))
+    }
+
+    /// `proposal.submit {proposal}`, answering its `tools.execute` requests with
+    /// `answer`; expects a result (a proposal that fails is still a result).
+    pub async fn submit(
+        &mut self,
+        proposal: Value,
+        answer: impl FnMut(&Value) -> ToolAnswer,
+    ) -> Value {
+        let params = json!({"proposal": proposal});
+        match self
+            .call_serving_tools("proposal.submit", params.clone(), answer)
+            .await
+        {
+            Ok(result) => result,
+            Err(err) => panic!("proposal.submit {params}: unexpected error: {err}"),
+        }
+    }
+
+    /// Every event of the log from seq 1, optionally only those of `kinds` (a host
+    /// session, or any session with auth disabled).
+    pub async fn whole_log(&mut self, kinds: Option<&[&str]>) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from = 1;
+        loop {
+            let mut params = json!({"from_seq": from, "limit": 10_000});
+            if let Some(kinds) = kinds {
+                params["kinds"] = json!(kinds);
+            }
+            let page = self.ok("log.read", params).await;
+            events.extend(page["events"].as_array().cloned().unwrap_or_default());
+            let next = page["next_seq"].as_u64().unwrap_or(from);
+            if next > page["head_seq"].as_u64().unwrap_or(0) {
+                return events;
+            }
+            assert!(next > from, "log.read did not advance from {from}: {page}");
+            from = next;
+        }
     }
 }
 

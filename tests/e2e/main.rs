@@ -9,13 +9,24 @@
 //! - [`subscriptions`]: §3.5 runs.subscribe / runs.trace.event / runs.unsubscribe;
 //! - [`log`]: §7 log.read, log.subscribe, log.unsubscribe;
 //! - [`lifecycle`]: §3.7 and §9: disconnect, restart, crash, graceful stop, the data
-//!   directory lock, retention, the command line, state = replay of the log.
+//!   directory lock, retention, the command line, state = replay of the log;
+//! - [`tools`]: §4.1 session.init, tools.register, tools.list, policies;
+//! - [`proposals`]: §4.2 proposal.submit with real tool clients: tools.execute, replies,
+//!   timeouts and tools.cancel, disconnects, failure behaviours, turns, the log's record;
+//! - [`approvals`]: §5 approvals (request, resolve, list, await, restarts) and the gate;
+//! - [`host_feed`]: §6 host.subscribe, host.event, host.events;
+//! - [`cookbook`]: the CAR cookbook flow as an unmodified old client runs it.
 
+mod approvals;
 mod auth;
+mod cookbook;
+mod host_feed;
 mod lifecycle;
 mod log;
+mod proposals;
 mod runs;
 mod subscriptions;
+mod tools;
 mod transport;
 
 use car_tests::{Server, ServerBuilder};

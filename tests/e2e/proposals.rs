@@ -1080,7 +1080,6 @@ async fn calls_in_flight_when_the_daemon_stops_or_crashes_end_in_the_log() {
 }
 
 #[tokio::test]
-#[ignore = "bug: 1 + max_retries overflows at u32::MAX: the proposal task panics (-32603), never finishes, and its id stays `in progress`"]
 async fn regression_max_retries_at_u32_max_overflows() {
     let server = server(&[]).await;
     let mut client = server.auth_client().await;

@@ -241,7 +241,11 @@ impl Runner {
             }
         }
         let attempts = match action.failure_behavior {
-            Some(Behavior::Retry) => 1 + action.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            // Saturating: any u32 is a valid request (regression: `u32::MAX` overflowed).
+            Some(Behavior::Retry) => action
+                .max_retries
+                .unwrap_or(DEFAULT_MAX_RETRIES)
+                .saturating_add(1),
             _ => 1,
         };
         let wait = match action.timeout_ms {

@@ -419,3 +419,31 @@ pub(crate) async fn follow_host(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_s_tails_share_one_window_that_goes_with_the_last_of_them() {
+        let registry = Arc::new(TurnFrames::default());
+        let first = registry.join("run-a");
+        let second = registry.join("run-a");
+        let other = registry.join("run-b");
+        let (Some(a1), Some(a2), Some(b)) = (&first.frames, &second.frames, &other.frames) else {
+            panic!("a joined handle holds its run's frames");
+        };
+        assert!(Arc::ptr_eq(a1, a2));
+        assert!(!Arc::ptr_eq(a1, b));
+        assert_eq!(registry.runs(), 2);
+        drop(first);
+        assert_eq!(registry.runs(), 2);
+        drop(second);
+        assert_eq!(registry.runs(), 1);
+        drop(other);
+        assert_eq!(registry.runs(), 0);
+        let again = registry.join("run-a");
+        assert_eq!(registry.runs(), 1);
+        drop(again);
+    }
+}

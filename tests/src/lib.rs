@@ -25,6 +25,8 @@
 //! event, the server's exit. Every wait is bounded by [`WAIT`], which only turns a hang into
 //! a test failure; nothing here sleeps to let something happen.
 
+pub mod load;
+
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;

@@ -153,11 +153,6 @@ pub(crate) async fn complete(session: &mut Session, params: Value, responder: Re
         Ok(queued) => queued,
         Err(err) => return responder.send(Err(err)).await,
     };
-    // The session's own current run is terminal after this call whichever way it goes
-    // (completed now, or already ended): later proposal actions have no run to go to.
-    if session.current_run.as_deref() == Some(run_id.as_str()) {
-        session.current_run = None;
-    }
     let ticket = session.fence.write();
     session.reply_later(responder, async move {
         let _ticket = ticket;

@@ -353,6 +353,15 @@ async fn start_run(conn: &mut Conn, agent_id: &str) -> anyhow::Result<String> {
         .context("runs.start: no run_id")
 }
 
+/// Releases the clients waiting on `go` (the coordinator is its last party). A client
+/// that failed while setting up never arrives: that is an error, not a hang.
+async fn start_together(go: &Barrier) -> anyhow::Result<()> {
+    tokio::time::timeout(CALL_TIMEOUT, go.wait())
+        .await
+        .map(drop)
+        .map_err(|_| anyhow!("a client failed to set up within {CALL_TIMEOUT:?}"))
+}
+
 /// The small part of a response the drivers look at.
 #[derive(Debug, Deserialize)]
 struct Ack {
@@ -392,7 +401,7 @@ async fn throughput(options: &BenchOptions, clients: usize, batch: usize) -> any
             tokio::spawn(async move { record_loop(conn, i, batch, window, go).await })
         })
         .collect();
-    go.wait().await;
+    start_together(&go).await?;
     let mut turns = 0u64;
     let mut latency = histogram();
     for task in tasks {
@@ -836,7 +845,7 @@ async fn tool_throughput(options: &BenchOptions, clients: usize) -> anyhow::Resu
             })
         })
         .collect();
-    go.wait().await;
+    start_together(&go).await?;
     let mut total = 0;
     for task in tasks {
         total += task.await.context("a tool client panicked")??;

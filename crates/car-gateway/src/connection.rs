@@ -21,9 +21,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use car_events::event::Event;
 use car_events::event::Role;
-use car_projections::Actor;
 use car_projections::decide::{CloseSession, Command, EndAbandonedRuns, OpenSession};
+use car_projections::{Actor, Refusal, State};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -35,7 +36,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::app::{App, Committed, Submitted};
 use crate::handlers;
 use crate::rpc::{self, Incoming, RpcError};
 use crate::tools::ToolSession;
@@ -227,6 +228,26 @@ pub(crate) struct Deferred {
     pub(crate) responder: Responder,
 }
 
+/// A write queued by a session: its command on the writer and its place in the session's
+/// [`Fence`] (released when the write is answered, or dropped).
+#[derive(Debug)]
+pub(crate) struct QueuedWrite<R> {
+    submitted: Submitted<R>,
+    _ticket: WriteTicket,
+}
+
+impl<R> QueuedWrite<R> {
+    /// Waits until the write is durable (or refused, or failed).
+    pub(crate) async fn wait(self) -> Result<Result<Committed<R>, Refusal>, RpcError> {
+        self.submitted.wait().await
+    }
+
+    /// [`QueuedWrite::wait`], with a refusal as the error it answers.
+    pub(crate) async fn committed(self) -> Result<Committed<R>, RpcError> {
+        self.wait().await?.map_err(RpcError::from)
+    }
+}
+
 /// Per-session state, owned by the reader task.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -275,6 +296,63 @@ impl Session {
                 .unwrap_or(Err(RpcError::Deadline));
             responder.send(result).await;
         });
+    }
+
+    /// Queues `command` on the single writer, now, in this session's frame order (see
+    /// [`App::submit`] for `extract`), and registers it with the session's [`Fence`].
+    pub(crate) async fn queue<R, F>(
+        &mut self,
+        command: Command,
+        extract: F,
+    ) -> Result<QueuedWrite<R>, RpcError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+    {
+        self.queue_with(move |_| command, extract).await
+    }
+
+    /// [`Session::queue`] for a command that depends on the state it is decided against.
+    pub(crate) async fn queue_with<R, B, F>(
+        &mut self,
+        build: B,
+        extract: F,
+    ) -> Result<QueuedWrite<R>, RpcError>
+    where
+        R: Send + 'static,
+        B: FnOnce(&State) -> Command + Send + 'static,
+        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+    {
+        let submitted = self.app.submit_with(build, extract).await?;
+        Ok(QueuedWrite {
+            submitted,
+            _ticket: self.fence.write(),
+        })
+    }
+
+    /// The shape of every plain write: `queued` is what the reader did (parse, queue); once
+    /// the write is durable, `answer` turns its outcome into the response, on its own task
+    /// under the handler deadline. A failure to queue is answered at once.
+    pub(crate) fn reply_when_durable<C, R, F, Fut>(
+        &self,
+        responder: Responder,
+        queued: Result<(C, QueuedWrite<R>), RpcError>,
+        answer: F,
+    ) where
+        C: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(C, Result<Committed<R>, Refusal>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, RpcError>> + Send,
+    {
+        match queued {
+            Err(err) => {
+                tokio::spawn(responder.send(Err(err)));
+            }
+            Ok((context, write)) => self.reply_later(responder, async move {
+                let outcome = write.wait().await?;
+                answer(context, outcome).await
+            }),
+        }
     }
 
     /// Starts a subscription's tail under `key`, replacing (cancelling) any earlier one.

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
-use car_events::{EventJson, EventLog, Seq};
+use car_events::{Envelope, EventJson, EventLog, Seq};
 use car_projections::{RunStatus, trace};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -322,6 +322,55 @@ pub(crate) async fn follow_log(
     from: Seq,
     cancel: CancellationToken,
 ) {
+    let render = move |envelopes: &[Envelope]| {
+        envelopes
+            .iter()
+            .map(|env| {
+                let rendered = EventJson::from_envelope(env);
+                json!({
+                    "subscription_id": subscription_id,
+                    "seq": rendered.seq,
+                    "ts": rendered.ts,
+                    "kind": rendered.kind,
+                    "data": rendered.data,
+                })
+            })
+            .collect()
+    };
+    follow_events(app, out, "log.event", from, cancel, render).await;
+}
+
+/// Follows the host feed for `host.subscribe`: `host.event` for every host event from
+/// `from` on that `actor` may see.
+pub(crate) async fn follow_host(
+    app: Arc<App>,
+    out: Outbound,
+    actor: car_projections::Actor,
+    from: Seq,
+    cancel: CancellationToken,
+) {
+    let state_of = app.clone();
+    let render = move |envelopes: &[Envelope]| {
+        let state = state_of.writer.state();
+        envelopes
+            .iter()
+            .filter(|env| car_projections::host_feed::visible(&actor, &state, env))
+            .filter_map(|env| car_projections::host_feed::host_event(&state, env))
+            .collect()
+    };
+    follow_events(app, out, "host.event", from, cancel, render).await;
+}
+
+/// Follows the durable log from `from` on, a chunk of events at a time: `render` turns a
+/// chunk into the params of the `method` notifications to send (any number per event).
+async fn follow_events(
+    app: Arc<App>,
+    out: Outbound,
+    method: &'static str,
+    from: Seq,
+    cancel: CancellationToken,
+    mut render: impl FnMut(&[Envelope]) -> Vec<Value> + Send,
+) {
     let mut durable = app.writer.watch_durable();
     let mut next = from.max(1);
     loop {
@@ -332,24 +381,16 @@ pub(crate) async fn follow_log(
             let count = usize::try_from(head - next + 1)
                 .unwrap_or(usize::MAX)
                 .min(LOG_CHUNK);
-            let events = read_blocking(move || read_chunk(log.as_ref(), start, count)).await;
-            let Ok(events) = events else {
+            let Ok(envelopes) = read_blocking(move || read_chunk(log.as_ref(), start, count)).await
+            else {
                 return;
             };
-            if events.is_empty() {
+            let Some(last) = envelopes.last().map(|env| env.seq) else {
                 return; // the log is behind the writer's durable head: never expected
-            }
-            for env in events {
-                next = env.seq + 1;
-                let rendered = EventJson::from_envelope(&env);
-                let params = json!({
-                    "subscription_id": subscription_id,
-                    "seq": rendered.seq,
-                    "ts": rendered.ts,
-                    "kind": rendered.kind,
-                    "data": rendered.data,
-                });
-                if !send_unless_cancelled(&out, &cancel, "log.event", params).await {
+            };
+            next = last + 1;
+            for params in render(&envelopes) {
+                if !send_unless_cancelled(&out, &cancel, method, params).await {
                     return;
                 }
             }
@@ -367,57 +408,8 @@ pub(crate) fn read_chunk(
     log: &dyn EventLog,
     start: Seq,
     count: usize,
-) -> Result<Vec<car_events::Envelope>, car_events::LogError> {
+) -> Result<Vec<Envelope>, car_events::LogError> {
     log.read_from(start).take(count).collect()
-}
-
-/// Follows the host feed for `host.subscribe`: `host.event` for every host event from
-/// `from` on that `actor` may see.
-pub(crate) async fn follow_host(
-    app: Arc<App>,
-    out: Outbound,
-    actor: car_projections::Actor,
-    from: Seq,
-    cancel: CancellationToken,
-) {
-    let mut durable = app.writer.watch_durable();
-    let mut next = from.max(1);
-    loop {
-        let head = durable.borrow_and_update().seq;
-        if next <= head {
-            let log = app.writer.log().clone();
-            let start = next;
-            let count = usize::try_from(head - next + 1)
-                .unwrap_or(usize::MAX)
-                .min(LOG_CHUNK);
-            let Ok(envelopes) = read_blocking(move || read_chunk(log.as_ref(), start, count)).await
-            else {
-                return;
-            };
-            let Some(last) = envelopes.last().map(|env| env.seq) else {
-                return;
-            };
-            next = last + 1;
-            let events: Vec<Value> = {
-                let state = app.writer.state();
-                envelopes
-                    .iter()
-                    .filter(|env| car_projections::host_feed::visible(&actor, &state, env))
-                    .filter_map(|env| car_projections::host_feed::host_event(&state, env))
-                    .collect()
-            };
-            for event in events {
-                if !send_unless_cancelled(&out, &cancel, "host.event", event).await {
-                    return;
-                }
-            }
-            continue;
-        }
-        tokio::select! {
-            changed = durable.changed() => if changed.is_err() { return },
-            () = cancel.cancelled() => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -37,25 +37,17 @@ pub(crate) async fn request(session: &mut Session, params: Value, responder: Res
             system_level: params.system_level.unwrap_or(false),
             agent_id: params.agent_id,
         });
-        let submitted = session.app.submit(command, |_, _| ()).await?;
-        Ok::<_, RpcError>((approval_id, submitted))
+        Ok((approval_id, session.queue(command, |_, _| ()).await?))
     }
     .await;
-    let (approval_id, submitted) = match queued {
-        Ok(queued) => queued,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let ticket = session.fence.write();
     let app = session.app.clone();
-    session.reply_later(responder, async move {
-        {
-            let _ticket = ticket;
-            submitted.wait().await??;
-        }
+    session.reply_when_durable(responder, queued, |approval_id, outcome| async move {
+        outcome?;
         approval(&app, &approval_id).await
     });
 }
 
+/// An approval as it stands, on the wire.
 async fn approval(
     app: &std::sync::Arc<crate::app::App>,
     approval_id: &str,
@@ -81,21 +73,12 @@ pub(crate) async fn resolve(session: &mut Session, params: Value, responder: Res
             approval_id: params.approval_id.clone(),
             resolution: params.resolution,
         });
-        let submitted = session.app.submit(command, |_, _| ()).await?;
-        Ok::<_, RpcError>((params.approval_id, submitted))
+        Ok((params.approval_id, session.queue(command, |_, _| ()).await?))
     }
     .await;
-    let (approval_id, submitted) = match queued {
-        Ok(queued) => queued,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let ticket = session.fence.write();
     let app = session.app.clone();
-    session.reply_later(responder, async move {
-        {
-            let _ticket = ticket;
-            submitted.wait().await??;
-        }
+    session.reply_when_durable(responder, queued, |approval_id, outcome| async move {
+        outcome?;
         approval(&app, &approval_id).await
     });
 }

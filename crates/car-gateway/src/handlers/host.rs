@@ -78,9 +78,8 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
             target: SubscriptionTarget::Host,
         });
         let approvals_actor = actor.clone();
-        let submitted = session
-            .app
-            .submit(command, move |state, _: &[Event]| {
+        let write = session
+            .queue(command, move |state, _: &[Event]| {
                 state
                     .approvals()
                     .into_iter()
@@ -91,28 +90,19 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
                     .collect::<Vec<_>>()
             })
             .await?;
-        Ok::<_, RpcError>((actor, submitted))
+        Ok::<_, RpcError>((actor, write))
     }
     .await;
-    let (actor, submitted) = match queued {
+    let (actor, write) = match queued {
         Ok(queued) => queued,
         Err(err) => return responder.send(Err(err)).await,
     };
-    let ticket = session.fence.write();
     let cancel = session.subscription("host".into());
     let app = session.app.clone();
     let out = session.out.clone();
     tokio::spawn(async move {
-        let done = {
-            let _ticket = ticket;
-            submitted.wait().await
-        };
-        let done = match done {
-            Ok(Ok(done)) => done,
-            Ok(Err(refusal)) => {
-                cancel.cancel();
-                return responder.send(Err(refusal.into())).await;
-            }
+        let done = match write.committed().await {
+            Ok(done) => done,
             Err(err) => {
                 cancel.cancel();
                 return responder.send(Err(err)).await;

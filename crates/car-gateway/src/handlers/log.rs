@@ -112,9 +112,8 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
         let id = subscription_id.clone();
         // The default start is the event after the subscription's own: its seq is the
         // head the decision sees, plus one.
-        let submitted = session
-            .app
-            .submit_with(
+        let write = session
+            .queue_with(
                 move |state| {
                     Command::Subscribe(Subscribe {
                         actor,
@@ -133,26 +132,23 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
                 },
             )
             .await?;
-        Ok::<_, RpcError>((subscription_id, submitted))
+        Ok::<_, RpcError>((subscription_id, write))
     }
     .await;
-    let (subscription_id, submitted) = match queued {
+    let (subscription_id, write) = match queued {
         Ok(queued) => queued,
         Err(err) => return responder.send(Err(err)).await,
     };
-    let ticket = session.fence.write();
     let cancel = session.subscription(format!("log:{subscription_id}"));
     let app = session.app.clone();
     let out = session.out.clone();
     tokio::spawn(async move {
-        let done = {
-            let _ticket = ticket;
-            submitted.wait().await
-        };
-        let done = match done {
-            Ok(Ok(done)) => done,
-            Ok(Err(refusal)) => return responder.send(Err(refusal.into())).await,
-            Err(err) => return responder.send(Err(err)).await,
+        let done = match write.committed().await {
+            Ok(done) => done,
+            Err(err) => {
+                cancel.cancel();
+                return responder.send(Err(err)).await;
+            }
         };
         let head = done.range.last().unwrap_or_default();
         responder
@@ -171,29 +167,23 @@ struct UnsubscribeParams {
 
 /// `log.unsubscribe`.
 pub(crate) async fn unsubscribe(session: &mut Session, params: Value, responder: Responder) {
-    let prepared = require_host(session, "log.unsubscribe")
-        .and_then(|()| rpc::parse::<UnsubscribeParams>(params));
-    let params = match prepared {
-        Ok(params) => params,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    session.end_subscription(&format!("log:{}", params.subscription_id));
-    let command = Command::Unsubscribe(Unsubscribe {
-        client_id: session.client_id.clone(),
-        selector: SubscriptionSelector::Id(params.subscription_id),
-    });
-    let submitted = match session
-        .app
-        .submit(command, |_, events| !events.is_empty())
-        .await
-    {
-        Ok(submitted) => submitted,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let ticket = session.fence.write();
-    session.reply_later(responder, async move {
-        let _ticket = ticket;
-        let removed = submitted.wait().await??.out;
-        Ok(json!({"removed": removed}))
+    let queued = async {
+        require_host(session, "log.unsubscribe")?;
+        let params: UnsubscribeParams = rpc::parse(params)?;
+        session.end_subscription(&format!("log:{}", params.subscription_id));
+        let command = Command::Unsubscribe(Unsubscribe {
+            client_id: session.client_id.clone(),
+            selector: SubscriptionSelector::Id(params.subscription_id),
+        });
+        Ok((
+            (),
+            session
+                .queue(command, |_, events| !events.is_empty())
+                .await?,
+        ))
+    }
+    .await;
+    session.reply_when_durable(responder, queued, |(), outcome| async move {
+        Ok(json!({"removed": outcome?.out}))
     });
 }

@@ -92,31 +92,22 @@ pub(crate) async fn record_turns(session: &mut Session, params: Value, responder
     let queued = async {
         let params: RecordParams = rpc::parse(params)?;
         let turns = AdmittedTurns::admit(&params.turns)?;
-        let actor = session.actor()?.clone();
-        let run_id = params.run_id.clone();
         let command = Command::RecordTurns(RecordTurns {
-            actor,
-            run_id: params.run_id,
+            actor: session.actor()?.clone(),
+            run_id: params.run_id.clone(),
             turns,
         });
-        let submitted = session
-            .app
-            .submit(command, |_, events: &[Event]| match events.first() {
+        let write = session
+            .queue(command, |_, events: &[Event]| match events.first() {
                 Some(Event::TurnsRecorded(e)) => (e.base_index, e.turns.len()),
                 _ => (0, 0),
             })
             .await?;
-        Ok::<_, RpcError>((run_id, submitted))
+        Ok((params.run_id, write))
     }
     .await;
-    let (run_id, submitted) = match queued {
-        Ok(queued) => queued,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let ticket = session.fence.write();
-    session.reply_later(responder, async move {
-        let _ticket = ticket;
-        match submitted.wait().await? {
+    session.reply_when_durable(responder, queued, |run_id, outcome| async move {
+        match outcome {
             Ok(done) => {
                 let (base_index, count) = done.out;
                 Ok(json!({"run_id": run_id, "base_index": base_index, "count": count, "ok": true}))
@@ -145,18 +136,11 @@ pub(crate) async fn complete(session: &mut Session, params: Value, responder: Re
             run_id: params.run_id.clone(),
             outcome: params.outcome,
         });
-        let submitted = session.app.submit(command, |_, _| ()).await?;
-        Ok::<_, RpcError>((params.run_id, submitted))
+        Ok((params.run_id, session.queue(command, |_, _| ()).await?))
     }
     .await;
-    let (run_id, submitted) = match queued {
-        Ok(queued) => queued,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let ticket = session.fence.write();
-    session.reply_later(responder, async move {
-        let _ticket = ticket;
-        submitted.wait().await??;
+    session.reply_when_durable(responder, queued, |run_id, outcome| async move {
+        outcome?;
         Ok(json!({"run_id": run_id, "ok": true}))
     });
 }
@@ -311,31 +295,26 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
             },
         });
         let run_id = params.run_id.clone();
-        let submitted = session
-            .app
-            .submit(command, move |state: &State, _| state.run(&run_id).cloned())
+        let write = session
+            .queue(command, move |state: &State, _| state.run(&run_id).cloned())
             .await?;
-        Ok::<_, RpcError>((params.run_id, cursor, submitted))
+        Ok::<_, RpcError>((params.run_id, cursor, write))
     }
     .await;
-    let (run_id, cursor, submitted) = match queued {
+    let (run_id, cursor, write) = match queued {
         Ok(queued) => queued,
         Err(err) => return responder.send(Err(err)).await,
     };
-    let ticket = session.fence.write();
     let cancel = session.subscription(format!("run:{run_id}"));
     let app = session.app.clone();
     let out = session.out.clone();
     tokio::spawn(async move {
-        let snapshot: Result<Option<Run>, RpcError> = async {
-            let _ticket = ticket;
-            match submitted.wait().await? {
-                Ok(done) => Ok(done.out),
-                Err(Refusal::NotFound) => Ok(None),
-                Err(refusal) => Err(refusal.into()),
-            }
-        }
-        .await;
+        let snapshot: Result<Option<Run>, RpcError> = match write.wait().await {
+            Ok(Ok(done)) => Ok(done.out),
+            Ok(Err(Refusal::NotFound)) => Ok(None),
+            Ok(Err(refusal)) => Err(refusal.into()),
+            Err(err) => Err(err),
+        };
         let run = match snapshot {
             Ok(Some(run)) => run,
             Ok(None) => {
@@ -388,27 +367,22 @@ struct UnsubscribeParams {
 
 /// `runs.unsubscribe`.
 pub(crate) async fn unsubscribe(session: &mut Session, params: Value, responder: Responder) {
-    let params: UnsubscribeParams = match rpc::parse(params) {
-        Ok(params) => params,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    session.end_subscription(&format!("run:{}", params.run_id));
-    let command = Command::Unsubscribe(Unsubscribe {
-        client_id: session.client_id.clone(),
-        selector: SubscriptionSelector::Run(params.run_id.clone()),
-    });
-    let submitted = match session
-        .app
-        .submit(command, |_, events| !events.is_empty())
-        .await
-    {
-        Ok(submitted) => submitted,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let ticket = session.fence.write();
-    session.reply_later(responder, async move {
-        let _ticket = ticket;
-        let removed = submitted.wait().await??.out;
-        Ok(json!({"run_id": params.run_id, "removed": removed}))
+    let queued = async {
+        let params: UnsubscribeParams = rpc::parse(params)?;
+        session.end_subscription(&format!("run:{}", params.run_id));
+        let command = Command::Unsubscribe(Unsubscribe {
+            client_id: session.client_id.clone(),
+            selector: SubscriptionSelector::Run(params.run_id.clone()),
+        });
+        Ok((
+            params.run_id,
+            session
+                .queue(command, |_, events| !events.is_empty())
+                .await?,
+        ))
+    }
+    .await;
+    session.reply_when_durable(responder, queued, |run_id, outcome| async move {
+        Ok(json!({"run_id": run_id, "removed": outcome?.out}))
     });
 }

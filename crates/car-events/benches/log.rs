@@ -31,13 +31,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use car_events::{codec, scan};
 use car_events::event::TurnsRecorded;
 use car_events::log::RawIter;
 use car_events::{
     Envelope, Event, EventLog, JsonText, LogError, OpenOptions, SCHEMA_VERSION, Seq, SeqRange,
     SledLog, Stamper, Writer,
 };
+use car_events::{codec, scan};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tokio::sync::watch;

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use car_events::{Envelope, Seq, codec};
 use serde_json::Value;
@@ -124,12 +125,32 @@ pub(crate) fn write_log(dir: &Path, records: &[(Seq, Vec<u8>)]) {
     db.flush().unwrap();
 }
 
+/// How long [`open_sled`] waits for this process's previous handle on the same directory
+/// to let go: sled releases its file lock only when its last background thread drops the
+/// database, a moment after the handle itself was dropped.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens sled directly (no `SledLog`), so tests can plant records as they are.
+///
+/// Regression (`damage::a_corrupt_record_in_the_middle` failed once in CI): writing the
+/// log and reading it straight back opened the same directory twice in a row in this
+/// process, and the second open found the lock still held by the first handle's
+/// background flusher. A lock error is retried until [`RELEASE_WAIT`]; any other error,
+/// or a lock that outlives the wait, fails the test.
 fn open_sled(dir: &Path) -> sled::Db {
-    sled::Config::new()
-        .path(dir)
-        .flush_every_ms(None)
-        .open()
-        .unwrap()
+    let started = Instant::now();
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Ok(db) => return db,
+            Err(err)
+                if err.to_string().contains("could not acquire lock")
+                    && started.elapsed() < RELEASE_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("cannot open sled at {}: {err}", dir.display()),
+        }
+    }
 }
 
 /// What a run of the binary did.

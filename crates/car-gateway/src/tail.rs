@@ -280,12 +280,14 @@ async fn render(
         .collect())
 }
 
+/// Sends a rendered frame unless the subscription is ended first. Cancellation wins: once a
+/// subscription is ended (the unsubscribe is answered after its token is cancelled), no
+/// further event of it may be queued behind the answer.
 async fn send_frame_unless_cancelled(
     out: &Outbound,
     cancel: &CancellationToken,
     frame: Utf8Bytes,
 ) -> bool {
-    // As `send_unless_cancelled`: cancellation wins.
     if cancel.is_cancelled() {
         return false;
     }
@@ -296,22 +298,15 @@ async fn send_frame_unless_cancelled(
     }
 }
 
+/// [`send_frame_unless_cancelled`] for a notification not rendered yet.
 async fn send_unless_cancelled(
     out: &Outbound,
     cancel: &CancellationToken,
     method: &str,
     params: Value,
 ) -> bool {
-    // Cancellation wins: once a subscription is ended (the unsubscribe is answered after
-    // its token is cancelled), no further event of it may be queued behind the answer.
-    if cancel.is_cancelled() {
-        return false;
-    }
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => false,
-        sent = out.notify(method, params) => sent,
-    }
+    let frame = rpc::notification(method, params).to_string().into();
+    send_frame_unless_cancelled(out, cancel, frame).await
 }
 
 /// Follows the whole log for `log.subscribe`: `log.event` for every event from `from` on.

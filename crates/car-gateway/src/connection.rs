@@ -355,6 +355,35 @@ impl Session {
         }
     }
 
+    /// The shape of every plain read: `prepared` is what the reader parsed and checked;
+    /// once this session's earlier writes are durable (read-your-writes, see [`Fence`]),
+    /// `answer` runs on its own task under the handler deadline. A failure to prepare is
+    /// answered at once.
+    pub(crate) fn reply_after_writes<P, F, Fut>(
+        &self,
+        responder: Responder,
+        prepared: Result<P, RpcError>,
+        answer: F,
+    ) where
+        P: Send + 'static,
+        F: FnOnce(Arc<App>, P) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, RpcError>> + Send,
+    {
+        match prepared {
+            Err(err) => {
+                tokio::spawn(responder.send(Err(err)));
+            }
+            Ok(prepared) => {
+                let after_writes = self.fence.reads_after_writes();
+                let app = self.app.clone();
+                self.reply_later(responder, async move {
+                    after_writes.await;
+                    answer(app, prepared).await
+                });
+            }
+        }
+    }
+
     /// Starts a subscription's tail under `key`, replacing (cancelling) any earlier one.
     pub(crate) fn subscription(&mut self, key: String) -> CancellationToken {
         let token = self.closing.child_token();

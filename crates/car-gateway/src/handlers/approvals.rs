@@ -99,14 +99,7 @@ pub(crate) async fn list(session: &mut Session, params: Value, responder: Respon
         };
         Ok((status, session.actor()?.clone()))
     });
-    let (status, actor) = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let after_writes = session.fence.reads_after_writes();
-    let app = session.app.clone();
-    session.reply_later(responder, async move {
-        after_writes.await;
+    session.reply_after_writes(responder, prepared, |app, (status, actor)| async move {
         let approvals = app
             .writer
             .read(|state| {

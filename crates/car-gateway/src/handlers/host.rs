@@ -156,17 +156,14 @@ pub(crate) async fn events(session: &mut Session, params: Value, responder: Resp
             session.actor()?.clone(),
         ))
     });
-    let (limit, before, actor) = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let after_writes = session.fence.reads_after_writes();
-    let app = session.app.clone();
-    session.reply_later(responder, async move {
-        after_writes.await;
-        let durable = app.writer.durable().seq;
-        let before = before.min(durable + 1);
-        let events = read_blocking(move || recent_events(&app, &actor, before, limit)).await?;
-        Ok(json!({"events": events}))
-    });
+    session.reply_after_writes(
+        responder,
+        prepared,
+        |app, (limit, before, actor)| async move {
+            let durable = app.writer.durable().seq;
+            let before = before.min(durable + 1);
+            let events = read_blocking(move || recent_events(&app, &actor, before, limit)).await?;
+            Ok(json!({"events": events}))
+        },
+    );
 }

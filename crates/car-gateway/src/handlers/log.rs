@@ -57,43 +57,40 @@ pub(crate) async fn read(session: &mut Session, params: Value, responder: Respon
         };
         Ok((params.from_seq.unwrap_or(1).max(1), limit, params.kinds))
     });
-    let (from, limit, kinds) = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let after_writes = session.fence.reads_after_writes();
-    let app = session.app.clone();
-    session.reply_later(responder, async move {
-        after_writes.await;
-        let head = app.writer.durable().seq;
-        let log = app.writer.log().clone();
-        let (events, next) = read_blocking(move || {
-            let mut events = Vec::new();
-            let mut bytes = 0;
-            let mut next = from;
-            for item in log.read_from(from).take(MAX_SCAN) {
-                let env = item?;
-                // A page ends at the head, at `limit` events, or past the response size
-                // cap (always holding at least one event); `next_seq` says where to go on.
-                let full = bytes > MAX_RESPONSE_BYTES && !events.is_empty();
-                if env.seq > head || events.len() == limit || full {
-                    break;
+    session.reply_after_writes(
+        responder,
+        prepared,
+        |app, (from, limit, kinds)| async move {
+            let head = app.writer.durable().seq;
+            let log = app.writer.log().clone();
+            let (events, next) = read_blocking(move || {
+                let mut events = Vec::new();
+                let mut bytes = 0;
+                let mut next = from;
+                for item in log.read_from(from).take(MAX_SCAN) {
+                    let env = item?;
+                    // A page ends at the head, at `limit` events, or past the response size
+                    // cap (always holding at least one event); `next_seq` says where to go on.
+                    let full = bytes > MAX_RESPONSE_BYTES && !events.is_empty();
+                    if env.seq > head || events.len() == limit || full {
+                        break;
+                    }
+                    next = env.seq + 1;
+                    if kinds
+                        .as_ref()
+                        .is_none_or(|k| k.iter().any(|k| k == env.event.kind()))
+                    {
+                        let rendered = EventJson::from_envelope(&env);
+                        bytes += rendered.data.to_string().len() + 64;
+                        events.push(rendered);
+                    }
                 }
-                next = env.seq + 1;
-                if kinds
-                    .as_ref()
-                    .is_none_or(|k| k.iter().any(|k| k == env.event.kind()))
-                {
-                    let rendered = EventJson::from_envelope(&env);
-                    bytes += rendered.data.to_string().len() + 64;
-                    events.push(rendered);
-                }
-            }
-            Ok::<_, car_events::LogError>((events, next))
-        })
-        .await?;
-        Ok(json!({"events": events, "next_seq": next, "head_seq": head}))
-    });
+                Ok::<_, car_events::LogError>((events, next))
+            })
+            .await?;
+            Ok(json!({"events": events, "next_seq": next, "head_seq": head}))
+        },
+    );
 }
 
 #[derive(Debug, Deserialize)]

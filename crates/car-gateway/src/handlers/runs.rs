@@ -176,44 +176,41 @@ pub(crate) async fn list(session: &mut Session, params: Value, responder: Respon
             session.actor()?.clone(),
         ))
     })();
-    let (agent_id, status, limit, before, actor) = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let after_writes = session.fence.reads_after_writes();
-    let app = session.app.clone();
-    session.reply_later(responder, async move {
-        after_writes.await;
-        let runs = app
-            .writer
-            .read(|state| {
-                let before_seq = match &before {
-                    None => None,
-                    Some(id) => match state.readable_run(&actor, id) {
-                        Some(run) => Some(run.started_seq),
-                        None => {
-                            return Err(RpcError::params(
-                                "before",
-                                format!("unknown run_id `{id}`"),
-                            ));
-                        }
-                    },
-                };
-                Ok(state
-                    .runs()
-                    .rev()
-                    .filter(|run| before_seq.is_none_or(|b| run.started_seq < b))
-                    .filter(|run| state.is_reader(&actor, run))
-                    .filter(|run| agent_id.as_deref().is_none_or(|a| run.agent_id == a))
-                    .filter(|run| status.is_none_or(|s| run.status() == s))
-                    .take(limit)
-                    .map(trace::summary)
-                    .collect::<Vec<_>>())
-            })
-            .await?;
-        let agent_id = agent_id.or_else(|| actor.bound_agent().map(str::to_owned));
-        Ok(json!({"agent_id": agent_id, "runs": runs}))
-    });
+    session.reply_after_writes(
+        responder,
+        prepared,
+        |app, (agent_id, status, limit, before, actor)| async move {
+            let runs = app
+                .writer
+                .read(|state| {
+                    let before_seq = match &before {
+                        None => None,
+                        Some(id) => match state.readable_run(&actor, id) {
+                            Some(run) => Some(run.started_seq),
+                            None => {
+                                return Err(RpcError::params(
+                                    "before",
+                                    format!("unknown run_id `{id}`"),
+                                ));
+                            }
+                        },
+                    };
+                    Ok(state
+                        .runs()
+                        .rev()
+                        .filter(|run| before_seq.is_none_or(|b| run.started_seq < b))
+                        .filter(|run| state.is_reader(&actor, run))
+                        .filter(|run| agent_id.as_deref().is_none_or(|a| run.agent_id == a))
+                        .filter(|run| status.is_none_or(|s| run.status() == s))
+                        .take(limit)
+                        .map(trace::summary)
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            let agent_id = agent_id.or_else(|| actor.bound_agent().map(str::to_owned));
+            Ok(json!({"agent_id": agent_id, "runs": runs}))
+        },
+    );
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,14 +223,7 @@ struct TraceParams {
 pub(crate) async fn get_trace(session: &mut Session, params: Value, responder: Responder) {
     let prepared =
         rpc::parse::<TraceParams>(params).and_then(|p| Ok((p, session.actor()?.clone())));
-    let (params, actor) = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => return responder.send(Err(err)).await,
-    };
-    let after_writes = session.fence.reads_after_writes();
-    let app = session.app.clone();
-    session.reply_later(responder, async move {
-        after_writes.await;
+    session.reply_after_writes(responder, prepared, |app, (params, actor)| async move {
         let run_id = params.run_id;
         let found = app
             .writer

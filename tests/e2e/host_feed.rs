@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use car_tests::{Client, Endpoint, is_protocol_time};
 use serde_json::{Value, json};
 
-use crate::runs::start;
+use crate::runs::{complete, start};
 use crate::server;
 
 /// What the feed says of a log event (`{seq, ts, kind, data}`): `(sequence, kind,
@@ -127,12 +127,7 @@ async fn host_subscribe_answers_the_snapshot_then_streams_host_events() {
     let mut before = server.auth_client().await;
     before.handshake().await;
     let old_run = start(&mut before, "pre").await;
-    before
-        .ok(
-            "runs.complete",
-            json!({"run_id": old_run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut before, &old_run).await;
     let pending = before
         .ok("host.request_approval", json!({"action": "pending one"}))
         .await;
@@ -327,12 +322,7 @@ async fn busy_worker(server: Endpoint, worker: usize, runs: usize) {
             .ok("runs.start", json!({"intent": format!("job {i}")}))
             .await["run_id"]
             .clone();
-        client
-            .ok(
-                "runs.complete",
-                json!({"run_id": run, "outcome": {"status": "success"}}),
-            )
-            .await;
+        complete(&mut client, run.as_str().unwrap()).await;
         let pending = client
             .ok("host.approvals", json!({"status": "pending"}))
             .await;
@@ -444,12 +434,7 @@ async fn a_slow_host_subscriber_blocks_nobody_and_misses_nothing() {
                         )
                         .await["run_id"]
                         .clone();
-                    client
-                        .ok(
-                            "runs.complete",
-                            json!({"run_id": run, "outcome": {"status": "success"}}),
-                        )
-                        .await;
+                    complete(&mut client, run.as_str().unwrap()).await;
                 }
             })
         })
@@ -494,12 +479,7 @@ async fn host_events_pages_backwards_each_page_ascending() {
     // Over 100 host events.
     for i in 0..60 {
         let run = start(&mut client, &format!("agent-{}", i % 3)).await;
-        client
-            .ok(
-                "runs.complete",
-                json!({"run_id": run, "outcome": {"status": "success"}}),
-            )
-            .await;
+        complete(&mut client, &run).await;
     }
     let mut host = handshaken_host(&server).await;
     let head = host.ok("log.read", json!({"from_seq": 1_000_000})).await["head_seq"]
@@ -577,12 +557,7 @@ async fn the_feed_goes_on_across_a_crash_with_the_same_history() {
     client.handshake().await;
     let client_session = client.ok("session.init", json!({})).await["session_id"].clone();
     let done = start(&mut client, "before").await;
-    client
-        .ok(
-            "runs.complete",
-            json!({"run_id": done, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut client, &done).await;
     let open_run = start(&mut client, "before").await;
     let pending = client
         .ok("host.request_approval", json!({"action": "left pending"}))
@@ -645,12 +620,7 @@ async fn run_evictions_are_host_events() {
     let mut runs = Vec::new();
     for _ in 0..2 {
         let run = start(&mut client, "kept-briefly").await;
-        client
-            .ok(
-                "runs.complete",
-                json!({"run_id": run, "outcome": {"status": "success"}}),
-            )
-            .await;
+        complete(&mut client, &run).await;
         runs.push(run);
     }
     // The periodic retention evicts the older run.

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::runs::{full_trace, record, start};
+use crate::runs::{complete, full_trace, record, start};
 use crate::{builder, server};
 
 /// The `ended` record of `run_id`, as a subscribed host receives it.
@@ -138,12 +138,7 @@ async fn an_agent_that_reconnects_within_the_grace_keeps_its_run() {
     let list = host.ok("runs.list", json!({"agent_id": "comeback"})).await;
     assert_eq!(list["runs"][0]["status"], "in_progress", "{list}");
     assert_eq!(record(&mut agent, &run, turns("t", 1)).await, 0);
-    agent
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut agent, &run).await;
 }
 
 #[tokio::test]
@@ -262,12 +257,7 @@ async fn a_restart_answers_runs_list_and_get_trace_exactly_as_before() {
         .unwrap()
         .to_owned();
     record(&mut agent, &own, turns("o", 4)).await;
-    agent
-        .ok(
-            "runs.complete",
-            json!({"run_id": own, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut agent, &own).await;
     runs.push(own);
 
     let before = views(&mut host, &mut agent, &runs).await;
@@ -428,12 +418,7 @@ async fn sigterm_stops_gracefully_with_exit_0() {
     let open = start(&mut client, "a").await;
     record(&mut client, &open, turns("t", 2)).await;
     let done = start(&mut client, "a").await;
-    client
-        .ok(
-            "runs.complete",
-            json!({"run_id": done, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut client, &done).await;
     let mut host = server.auth_host().await;
     host.ok("runs.subscribe", json!({"run_id": open})).await;
     assert!(dir.join("auth-token").exists() && dir.join("host-token").exists());
@@ -538,12 +523,7 @@ async fn retention_evicts_the_oldest_ended_runs_beyond_max_runs() {
             )
             .await;
         record(&mut client, &key, turns("t", 1)).await;
-        client
-            .ok(
-                "runs.complete",
-                json!({"run_id": key, "outcome": {"status": "success"}}),
-            )
-            .await;
+        complete(&mut client, &key).await;
         ended.push(key);
     }
     let open = start(&mut client, "a").await;
@@ -626,12 +606,7 @@ async fn retention_applies_at_start_up_by_count_and_by_age() {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let run = start(&mut client, "a").await;
-        client
-            .ok(
-                "runs.complete",
-                json!({"run_id": run, "outcome": {"status": "success"}}),
-            )
-            .await;
+        complete(&mut client, &run).await;
         runs.push(run);
     }
     let open = start(&mut client, "a").await;

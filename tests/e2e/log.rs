@@ -8,19 +8,14 @@ use car_tests::{Client, is_protocol_time, turns};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::runs::{record, start};
+use crate::runs::{complete, record, start};
 use crate::server;
 
 /// Some activity: a run with turns, completed.
 async fn activity(client: &mut Client, agent: &str) -> String {
     let run = start(client, agent).await;
     record(client, &run, turns("t", 2)).await;
-    client
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(client, &run).await;
     run
 }
 
@@ -239,12 +234,7 @@ async fn log_subscribe_catches_up_then_follows_without_gap_or_duplicate() {
                 record(&mut client, &run, turns(&format!("b{i}"), 1 + i % 3)).await;
                 let _ = progress.send(());
             }
-            client
-                .ok(
-                    "runs.complete",
-                    json!({"run_id": run, "outcome": {"status": "success"}}),
-                )
-                .await;
+            complete(&mut client, &run).await;
             run
         }));
     }

@@ -36,6 +36,17 @@ pub(crate) async fn record(client: &mut Client, run_id: &str, batch: Vec<Value>)
     result["base_index"].as_u64().unwrap()
 }
 
+/// Completes `run_id` with `{"status": "success"}`, expecting the first terminal to win.
+pub(crate) async fn complete(client: &mut Client, run_id: &str) {
+    let result = client
+        .ok(
+            "runs.complete",
+            json!({"run_id": run_id, "outcome": {"status": "success"}}),
+        )
+        .await;
+    assert_eq!(result, json!({"run_id": run_id, "ok": true}));
+}
+
 /// The whole trace of a run as `client` sees it (following the cursor).
 pub(crate) async fn full_trace(client: &mut Client, run_id: &str) -> Value {
     client.ok("runs.get_trace", json!({"run_id": run_id})).await
@@ -156,12 +167,7 @@ async fn an_idempotency_key_returns_the_existing_run_and_records_nothing_new() {
         )
         .await;
     assert_eq!(by_agent, first);
-    client
-        .ok(
-            "runs.complete",
-            json!({"run_id": "job-42", "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut client, "job-42").await;
     let after_end = client
         .ok(
             "runs.start",
@@ -319,12 +325,7 @@ async fn a_run_holds_2000_turns_and_a_batch_that_would_pass_that_is_refused_whol
     let list = client.ok("runs.list", json!({})).await;
     assert_eq!(list["runs"][0]["turn_count"], 2000);
     // The run can still end normally.
-    client
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut client, &run).await;
     let trace = client
         .ok("runs.get_trace", json!({"run_id": run, "cursor": 2000}))
         .await;
@@ -656,12 +657,7 @@ async fn list_is_newest_first_and_pages_with_limit_and_before() {
 
     // Summaries, and the status filter.
     record(&mut client, &ids[1], turns("t", 3)).await;
-    client
-        .ok(
-            "runs.complete",
-            json!({"run_id": ids[1], "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut client, &ids[1]).await;
     let all = client.ok("runs.list", json!({})).await;
     let summary = all["runs"]
         .as_array()
@@ -793,12 +789,7 @@ async fn get_trace_returns_the_records_and_pages_with_a_cursor() {
     assert_eq!(records[0]["index"], 3);
     assert_eq!(records[1]["prompt"], "u-1");
     assert_eq!(since["cursor"], 6);
-    client
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut client, &run).await;
 
     let full = full_trace(&mut client, &run).await;
     let records = full["records"].as_array().unwrap().clone();

@@ -11,7 +11,7 @@ use car_tests::{Client, turns};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::runs::{full_trace, record, start};
+use crate::runs::{complete, full_trace, record, start};
 use crate::server;
 
 /// Reads `runs.trace.event`s of `run_id` until its `ended` event; returns them all.
@@ -80,12 +80,7 @@ async fn write_run(
         next += size as u64;
         let _ = progress.send(next);
     }
-    writer
-        .ok(
-            "runs.complete",
-            json!({"run_id": run_id, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut writer, &run_id).await;
     next
 }
 
@@ -178,12 +173,7 @@ async fn subscribe_with_a_cursor_resumes_from_there() {
     assert_eq!(event["record"]["prompt"], "t-10");
     // One subscription per session and run: subscribing again replaced the earlier ones,
     // so the turn came once.
-    owner
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut owner, &run).await;
     let rest = events_until_ended(&mut sub, &run).await;
     assert_eq!(rest.len(), 1, "{rest:?}");
     sub.ok("runs.list", json!({})).await;
@@ -262,12 +252,7 @@ async fn unsubscribe_removes_the_subscription_and_stops_its_events() {
     );
 
     record(&mut owner, &run, vec![json!({"prompt": "t-1"})]).await;
-    owner
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut owner, &run).await;
     // The control subscriber sees the rest; by then the unsubscribed one would have too.
     let rest = events_until_ended(&mut control, &run).await;
     assert_eq!(rest.len(), 2);
@@ -341,12 +326,7 @@ async fn a_subscriber_that_does_not_read_misses_nothing_and_slows_no_one() {
             .expect("the writer was held up by a subscriber that does not read");
         assert_eq!(base, (b * PER_BATCH) as u64);
     }
-    owner
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut owner, &run).await;
     let total = (BATCHES * PER_BATCH) as u64;
     let (live_events, _live) = live_reader.await.unwrap();
     assert_contiguous(&live_snapshot, &live_events, total, "completed");
@@ -401,12 +381,7 @@ async fn a_subscriber_that_leaves_never_fails_the_run() {
     sub.next_notification("runs.trace.event").await.unwrap();
     sub.close().await;
     record(&mut owner, &run, turns("u", 3)).await;
-    owner
-        .ok(
-            "runs.complete",
-            json!({"run_id": run, "outcome": {"status": "success"}}),
-        )
-        .await;
+    complete(&mut owner, &run).await;
     let list = owner.ok("runs.list", json!({})).await;
     assert_eq!(list["runs"][0]["status"], "completed");
     assert_eq!(list["runs"][0]["turn_count"], 6);

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Format 1 is frozen: the bincode configuration ([`bincode::config::standard`]: little
-//! endian, varint integers) and the field order of [`StoredEnvelope`] must never change.
+//! endian, varint integers) and the field order of `StoredEnvelope` must never change.
 //! A different layout gets a new version byte and a new decoding branch, and the old
 //! branch stays forever.
 //!

@@ -2,7 +2,7 @@
 //!
 //! The one piece of code the daemon, `car-replay` and the tests share:
 //! - [`state`]: the [`State`] projection and its pure fold [`State::apply`];
-//! - [`decide`]: every protocol write as a [`Command`] decided against the state into
+//! - [`decide`](mod@decide): every protocol write as a [`Command`] decided against the state into
 //!   events, or a typed [`Refusal`];
 //! - [`recovery`]: start-up recovery, retention (GC) and shutdown as events;
 //! - [`trace`]: runs read back in the wire shapes, through the per-run index;

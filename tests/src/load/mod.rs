@@ -7,7 +7,7 @@
 //!   buffering), cheap enough to open ten thousand of;
 //! - [`soak`]: writers killed mid-flight, then every acknowledged turn checked against the
 //!   restarted daemon;
-//! - [`bench`]: throughput, subscriber latency, idle memory, start-up time and tool
+//! - [`bench`](mod@bench): throughput, subscriber latency, idle memory, start-up time and tool
 //!   round-trips, each against its target.
 //!
 //! Both binaries run the daemon by re-executing themselves with [`server::SERVE_ENV`] set

@@ -34,7 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use car_events::event::TurnsRecorded;
-use car_events::log::RawIter;
+use car_events::log::{RawIter, check_sequence};
 use car_events::{
     Envelope, Event, EventLog, JsonText, LogError, OpenOptions, SCHEMA_VERSION, Seq, SeqRange,
     SledLog, Stamper, Writer,
@@ -417,15 +417,9 @@ impl EventLog for FileLog {
     fn append(&self, batch: &[Envelope]) -> Result<SeqRange, LogError> {
         let mut file = self.file.lock();
         let head = *self.head.borrow();
+        let range = check_sequence(head, batch)?;
         let mut buf = Vec::with_capacity(batch.len() * 160);
-        for (i, env) in batch.iter().enumerate() {
-            let expected = head + 1 + i as Seq;
-            if env.seq != expected {
-                return Err(LogError::OutOfSequence {
-                    expected,
-                    got: env.seq,
-                });
-            }
+        for env in batch {
             let record = codec::encode(env)?;
             buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
             buf.extend_from_slice(&record);
@@ -433,10 +427,6 @@ impl EventLog for FileLog {
         let io = |e: std::io::Error| LogError::Io(e.to_string());
         file.write_all(&buf).map_err(io)?;
         file.sync_data().map_err(io)?;
-        let range = SeqRange {
-            first: head + 1,
-            count: batch.len() as u64,
-        };
         self.head.send_replace(head + range.count);
         Ok(range)
     }

@@ -177,8 +177,9 @@ pub async fn wait_past(head: &mut watch::Receiver<Seq>, seq: Seq) -> Option<Seq>
     head.wait_for(|h| *h > seq).await.ok().map(|h| *h)
 }
 
-/// Checks that `batch` is exactly the next `batch.len()` seqs after `head`.
-fn check_sequence(head: Seq, batch: &[Envelope]) -> Result<SeqRange, LogError> {
+/// Checks that `batch` is exactly the next `batch.len()` seqs after `head`, and returns
+/// the range it takes: the first check of every [`EventLog::append`] implementation.
+pub fn check_sequence(head: Seq, batch: &[Envelope]) -> Result<SeqRange, LogError> {
     for (i, env) in batch.iter().enumerate() {
         let expected = head + 1 + i as Seq;
         if env.seq != expected {

@@ -59,9 +59,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// expects has failed. It never delays a passing test.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// Environment variables of the daemon that the tests control explicitly; a developer's
-/// own settings must not leak into a test.
-const DAEMON_ENV: [&str; 6] = [
+/// Environment variables of the daemon that the tests and the load drivers control
+/// explicitly; a developer's own settings (a data directory, a fixed token, auth switched
+/// off) must not leak into a test or change what is measured.
+pub const DAEMON_ENV: [&str; 6] = [
     "CAR_HOME",
     "CAR_AUTH_TOKEN",
     "CAR_NO_AUTH",

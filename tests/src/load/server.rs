@@ -24,21 +24,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::{parse_listen_line, strip_ansi};
+use crate::{DAEMON_ENV, parse_listen_line, strip_ansi};
 
 /// Set to `1` in the environment of a re-executed load binary: it then runs the daemon.
 pub const SERVE_ENV: &str = "CAR_LOAD_SERVE";
-
-/// The daemon's environment that the drivers control: a developer's own settings (a data
-/// directory, a fixed token, auth switched off) must not change what is measured.
-const DAEMON_ENV: [&str; 6] = [
-    "CAR_HOME",
-    "CAR_AUTH_TOKEN",
-    "CAR_NO_AUTH",
-    "CAR_NO_APPROVALS",
-    "CAR_TOOL_TIMEOUT",
-    "RUST_LOG",
-];
 
 /// The marker of the start-up summary line the daemon prints after its listening line.
 const READY_MARKER: &str = "ready in ";

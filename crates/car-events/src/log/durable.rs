@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 
 use super::LogError;
@@ -31,6 +34,16 @@ use super::LogError;
 pub(super) struct DiskSync {
     db_file: fs::File,
     blobs: Option<BlobWatch>,
+    counts: Arc<SyncCounts>,
+}
+
+/// How many syncs a [`DiskSync`] made (its tests count them).
+#[derive(Debug, Default)]
+pub(super) struct SyncCounts {
+    /// `fdatasync`s of the db file.
+    pub(super) data: AtomicU64,
+    /// Blob files `fsync`ed.
+    pub(super) blobs: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -59,6 +72,7 @@ impl DiskSync {
             return Ok(Self {
                 db_file,
                 blobs: None,
+                counts: Arc::default(),
             });
         }
         sync_dir(dir)?;
@@ -81,17 +95,22 @@ impl DiskSync {
                 dir: blobs,
                 inotify: Mutex::new(inotify),
             }),
+            counts: Arc::default(),
         })
+    }
+
+    /// Its sync counts.
+    pub(super) fn counts(&self) -> Arc<SyncCounts> {
+        self.counts.clone()
     }
 
     /// sled's flush, then the syncs that make it durable.
     pub(super) fn flush(&self, db: &sled::Db) -> Result<(), LogError> {
         db.flush().map_err(|e| LogError::Io(e.to_string()))?;
         if let Some(blobs) = &self.blobs {
-            blobs.sync_new()?;
+            blobs.sync_new(&self.counts)?;
         }
-        #[cfg(test)]
-        tests::DATA_SYNCS.with(|n| n.set(n.get() + 1));
+        self.counts.data.fetch_add(1, Ordering::Relaxed);
         self.db_file
             .sync_data()
             .map_err(|e| LogError::Io(format!("fdatasync of the event log: {e}")))
@@ -100,7 +119,7 @@ impl DiskSync {
 
 impl BlobWatch {
     /// `fsync`s every blob file created since the last call, then the directory.
-    fn sync_new(&self) -> Result<(), LogError> {
+    fn sync_new(&self, counts: &SyncCounts) -> Result<(), LogError> {
         let inotify = self.inotify.lock();
         let mut names = BTreeSet::new();
         let mut overflowed = false;
@@ -136,8 +155,7 @@ impl BlobWatch {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(io("opening", &path, err)),
             }
-            #[cfg(test)]
-            tests::BLOB_SYNCS.with(|n| n.set(n.get() + 1));
+            counts.blobs.fetch_add(1, Ordering::Relaxed);
         }
         sync_dir(&self.dir)
     }
@@ -147,16 +165,4 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("syncing", dir, e))
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    use std::cell::Cell;
-
-    thread_local! {
-        /// `fdatasync`s of the db file made by this thread.
-        pub(crate) static DATA_SYNCS: Cell<u64> = const { Cell::new(0) };
-        /// Blob files `fsync`ed by this thread.
-        pub(crate) static BLOB_SYNCS: Cell<u64> = const { Cell::new(0) };
-    }
 }

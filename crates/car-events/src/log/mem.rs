@@ -2,10 +2,11 @@
 //!
 //! It stores encoded records, not envelopes, so the codec runs on every append and read
 //! exactly as with sled, and tests can damage a record to exercise corruption handling.
-//! [`MemLog::fail_next_appends`] makes appends fail like a full disk.
+//! [`MemLog::fail_next_appends`] makes appends fail with an I/O error;
+//! [`MemLog::set_disk_full`] makes the log refuse appends as a full disk does.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -23,6 +24,7 @@ pub struct MemLog {
     records: Records,
     head: watch::Sender<Seq>,
     failures_pending: AtomicU32,
+    disk_full: AtomicBool,
 }
 
 impl Default for MemLog {
@@ -43,6 +45,7 @@ impl MemLog {
             records,
             head: watch::Sender::new(head),
             failures_pending: AtomicU32::new(0),
+            disk_full: AtomicBool::new(false),
         }
     }
 
@@ -55,6 +58,19 @@ impl MemLog {
     /// Makes the next `n` appends fail with an I/O error, appending nothing.
     pub fn fail_next_appends(&self, n: u32) {
         self.failures_pending.store(n, Ordering::SeqCst);
+    }
+
+    /// While `full`, every append (and [`EventLog::admit_next`]) is refused with
+    /// [`LogError::DiskFull`], appending nothing, as the sled log's free-space guard does.
+    pub fn set_disk_full(&self, full: bool) {
+        self.disk_full.store(full, Ordering::SeqCst);
+    }
+
+    fn check_space(&self) -> Result<(), LogError> {
+        if self.disk_full.load(Ordering::SeqCst) {
+            return Err(LogError::DiskFull { free: 0, needed: 1 });
+        }
+        Ok(())
     }
 
     /// Replaces the stored bytes of `seq` (tests of corruption handling). Returns false
@@ -94,6 +110,7 @@ impl EventLog for MemLog {
         }
         let mut records = self.records.write();
         let range = check_sequence(records.len() as Seq, batch)?;
+        self.check_space()?;
         if self.take_failure() {
             return Err(LogError::Io(
                 "injected failure: no space left on device".into(),
@@ -104,6 +121,10 @@ impl EventLog for MemLog {
         drop(records);
         self.head.send_replace(head);
         Ok(range)
+    }
+
+    fn admit_next(&self) -> Result<(), LogError> {
+        self.check_space()
     }
 
     fn raw_from(&self, from: Seq) -> RawIter<'_> {

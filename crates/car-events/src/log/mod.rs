@@ -13,6 +13,7 @@
 mod durable;
 mod mem;
 mod sled;
+mod space;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -66,6 +67,19 @@ pub enum LogError {
     /// The storage failed (disk full, I/O error). The failed batch is not in the log.
     #[error("event log I/O error: {0}")]
     Io(String),
+    /// The disk has no room for the batch (see `space.rs`): it was refused before anything
+    /// was written, and appends go on once space is freed.
+    #[error(
+        "the disk holding the event log is full: {} free, {} needed; nothing was written, and writes resume once space is freed",
+        mib(*.free),
+        mib(*.needed)
+    )]
+    DiskFull {
+        /// Bytes available.
+        free: u64,
+        /// Bytes the batch needs, with the reserve.
+        needed: u64,
+    },
     /// The log was opened read-only ([`OpenOptions::read_only`]); appends are refused.
     #[error("the event log in {dir} was opened read-only")]
     ReadOnly {
@@ -73,9 +87,28 @@ pub enum LogError {
         dir: PathBuf,
     },
     /// An earlier failure left the storage in an unknown state; appends are refused until
-    /// the log is reopened. Reads of durable events still work.
-    #[error("event log is read-only after an earlier failure: {0}")]
+    /// the log is reopened (the daemon restarted). Reads of durable events still work
+    /// where the storage still reads.
+    #[error(
+        "the event log refuses writes until it is reopened (restart car-server), after an earlier failure: {0}"
+    )]
     Poisoned(String),
+}
+
+impl LogError {
+    /// Whether this failure is the storage's (a full disk, an I/O error, a stalled or
+    /// poisoned log) rather than a caller's mistake or damage found in the records.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            LogError::Io(_) | LogError::DiskFull { .. } | LogError::Poisoned(_)
+        )
+    }
+}
+
+/// `n` bytes in MiB, for messages.
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
 }
 
 fn holder_suffix(pid: Option<u32>) -> String {
@@ -156,6 +189,14 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
             Some(Ok(_)) | None => Ok(None),
             Some(Err(e)) => Err(e),
         }
+    }
+
+    /// Whether the storage can take a batch like the last one now. The writer asks before
+    /// it decides a batch, so that a full disk refuses work before any of it is folded
+    /// (cheap: one `statvfs` for [`SledLog`]). [`EventLog::append`] checks the real batch
+    /// again.
+    fn admit_next(&self) -> Result<(), LogError> {
+        Ok(())
     }
 
     /// The seq of the last durable event (0 when empty).

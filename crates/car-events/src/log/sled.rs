@@ -19,7 +19,17 @@
 //!   one per batch, which the writer's group commit amortises;
 //! - a failed flush leaves the batch in sled's page cache, where a later flush would make
 //!   it durable after we reported failure. `append` therefore removes the failed batch
-//!   again, and refuses further appends (poisoned) if even that fails;
+//!   again;
+//! - after a failed write sled is unusable until reopened: it sets a database-wide error,
+//!   every later write fails, and a later `flush` (ours, or the one sled runs when its last
+//!   handle is dropped) can wait forever for a buffer that will never be written. So:
+//!   the free-space guard ([`super::space`]) refuses a batch the disk has no room for
+//!   before sled sees it (appends resume by themselves once space is freed); any storage
+//!   error poisons the log (appends are refused at once, naming the cause, until a
+//!   restart); every write and flush runs on the log's own I/O thread, and an append
+//!   whose write does not finish within [`OpenOptions::stall_timeout`] poisons the log
+//!   instead of blocking its caller; and a poisoned log's sled handles are never dropped
+//!   (which would flush), so a daemon stops within seconds whatever the disk does;
 //! - sled 0.34 reads a half-written `snap.*.generating` snapshot at open and then refuses
 //!   the database as corrupt; such files are removed and the open retried
 //!   ([`remove_interrupted_snapshots`]);
@@ -29,13 +39,17 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::durable::DiskSync;
+use super::durable::{DiskSync, SyncCounts};
+use super::space::SpaceGuard;
 use super::{EventLog, LogError, RawIter, RawRecord, check_sequence};
 use crate::codec::{self, CodecError};
 use crate::envelope::{Envelope, Seq, SeqRange};
@@ -52,7 +66,14 @@ const HOLDER_FILE: &str = "holder.pid";
 const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// How long [`SledLog::open`] waits for a lock held by nobody recorded (see [`open_db`]).
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
-
+/// The default [`OpenOptions::own_lock_wait`]: a handle this process dropped is let go by
+/// sled's I/O threads within milliseconds on a quiet machine; a busy 2-core machine running
+/// a parallel build was seen to need over a second.
+const OWN_RELEASE_WAIT: Duration = Duration::from_secs(30);
+/// The default [`OpenOptions::stall_timeout`]: far above any flush of a healthy disk (the
+/// slowest seen on a loaded CI machine was under 2 s), so only a storage that stopped
+/// answering trips it.
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How to open a [`SledLog`].
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -68,6 +89,18 @@ pub struct OpenOptions {
     /// bookkeeping files (its snapshot) when it opens a database; the records are never
     /// touched.
     pub read_only: bool,
+    /// Free disk space kept in reserve: an append that would leave less is refused with
+    /// [`LogError::DiskFull`] before sled sees it. `None`: a twentieth of the file system,
+    /// between 1 and 64 MiB (see `space.rs`).
+    pub min_free_bytes: Option<u64>,
+    /// An append whose write and flush take longer than this is abandoned: the log is
+    /// poisoned (appends refused until a restart) rather than block its caller forever on
+    /// a storage that stopped answering.
+    pub stall_timeout: Duration,
+    /// How long to wait for a lock whose recorded holder is this very process (a handle on
+    /// the same directory that is being dropped, or is about to be) before refusing with
+    /// [`LogError::Locked`]. Another process's lock is refused at once.
+    pub own_lock_wait: Duration,
 }
 
 impl Default for OpenOptions {
@@ -76,6 +109,9 @@ impl Default for OpenOptions {
             create: true,
             cache_bytes: DEFAULT_CACHE_BYTES,
             read_only: false,
+            min_free_bytes: None,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            own_lock_wait: OWN_RELEASE_WAIT,
         }
     }
 }
@@ -105,18 +141,96 @@ impl std::fmt::Display for TailRepair {
 #[derive(Debug)]
 pub struct SledLog {
     dir: PathBuf,
-    db: sled::Db,
-    events: sled::Tree,
+    /// sled's handles; taken only by `Drop`, which may have to close them on another
+    /// thread (see [`close_in_background`]).
+    sled: Option<Handles>,
     head: watch::Sender<Seq>,
     /// Serialises appends (there is one writer, but the contract must not depend on it)
     /// and holds the reason appends are refused after an unrecoverable failure.
     append_lock: Mutex<Option<String>>,
+    /// Set with the reason above; read by the I/O thread and by `Drop`.
+    poisoned: AtomicBool,
     tail_repair: Option<TailRepair>,
     /// Opened with [`OpenOptions::read_only`].
     read_only: bool,
-    /// Syncs after every flush: sled's `db` file and its new blob files (see
-    /// [`super::durable`]).
-    sync: DiskSync,
+    /// Refuses what the disk has no room for.
+    space: SpaceGuard,
+    /// Runs every write and flush (see the module docs); `None` when read-only.
+    io: Option<IoThread>,
+    stall_timeout: Duration,
+    /// The syncs made so far (for tests).
+    syncs: Arc<SyncCounts>,
+}
+
+/// The database and its `events` tree.
+#[derive(Debug)]
+struct Handles {
+    db: sled::Db,
+    events: sled::Tree,
+}
+
+/// How long `Drop` waits for sled to close after a storage failure before leaving it to
+/// the process's exit: a daemon asked to stop must stop within seconds.
+const CLOSE_AFTER_FAILURE_WAIT: Duration = Duration::from_secs(3);
+
+/// What the log's I/O thread does.
+enum IoJob {
+    /// Write the batch and make it durable.
+    Append(sled::Batch),
+    /// Make sled's own bookkeeping durable (at drop).
+    Flush,
+}
+
+type IoReply = mpsc::SyncSender<Result<(), LogError>>;
+
+/// The thread that runs every sled write and flush, so that a storage that stops answering
+/// blocks only this thread, never the caller (see the module docs).
+#[derive(Debug)]
+struct IoThread {
+    jobs: mpsc::SyncSender<(IoJob, IoReply)>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl IoThread {
+    fn spawn(db: sled::Db, events: sled::Tree, sync: DiskSync) -> Result<Self, LogError> {
+        let (jobs, rx) = mpsc::sync_channel::<(IoJob, IoReply)>(1);
+        let handle = thread::Builder::new()
+            .name("car-log-io".into())
+            .spawn(move || {
+                for (job, reply) in rx {
+                    let done = match job {
+                        IoJob::Append(batch) => events
+                            .apply_batch(batch)
+                            .map_err(io_error)
+                            .and_then(|()| sync.flush(&db)),
+                        IoJob::Flush => db.flush().map(drop).map_err(io_error),
+                    };
+                    let _ = reply.send(done);
+                }
+                // The last drop of sled's handles flushes; after a failure that may never
+                // return, which is why this thread, not a caller, may be the one to do it.
+                drop((events, db));
+            })
+            .map_err(|e| LogError::Io(format!("cannot start the event log's I/O thread: {e}")))?;
+        Ok(Self { jobs, handle })
+    }
+
+    /// Runs `job`, waiting at most `timeout`; `None` when it did not finish in time.
+    fn run(&self, job: IoJob, timeout: Duration) -> Option<Result<(), LogError>> {
+        let (reply, done) = mpsc::sync_channel(1);
+        if self.jobs.send((job, reply)).is_err() {
+            return Some(Err(LogError::Io(
+                "the event log's I/O thread has stopped".into(),
+            )));
+        }
+        match done.recv_timeout(timeout) {
+            Ok(result) => Some(result),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Err(LogError::Io(
+                "the event log's I/O thread has stopped".into(),
+            ))),
+        }
+    }
 }
 
 fn key(seq: Seq) -> [u8; 8] {
@@ -150,6 +264,7 @@ impl SledLog {
             write_holder(&dir);
         }
         let sync = DiskSync::open(&dir, options.read_only)?;
+        let space = SpaceGuard::new(&dir, options.min_free_bytes);
 
         if !create && !db.tree_names().iter().any(|name| name.as_ref() == b"meta") {
             // Checked before `open_tree`, which would create the tree in someone else's
@@ -196,15 +311,24 @@ impl SledLog {
             Some((k, _)) => seq_of(&k).ok_or_else(|| bad_key(&k))?,
             None => 0,
         };
+        let syncs = sync.counts();
+        let io = if options.read_only {
+            None
+        } else {
+            Some(IoThread::spawn(db.clone(), events.clone(), sync)?)
+        };
         Ok(Self {
             dir,
-            db,
-            events,
+            sled: Some(Handles { db, events }),
             head: watch::Sender::new(head),
             append_lock: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
             tail_repair,
             read_only: options.read_only,
-            sync,
+            space,
+            io,
+            stall_timeout: options.stall_timeout,
+            syncs,
         })
     }
 
@@ -224,19 +348,62 @@ impl SledLog {
             return Ok(None);
         }
         Ok(self
-            .events
+            .events()
             .get(key(seq))
             .map_err(io_error)?
             .map(|v| v.to_vec()))
     }
 
-    fn try_append(&self, batch: &[Envelope]) -> Result<(), LogError> {
+    fn events(&self) -> &sled::Tree {
+        &self.handles().events
+    }
+
+    fn handles(&self) -> &Handles {
+        self.sled
+            .as_ref()
+            .expect("sled's handles are taken only by Drop")
+    }
+
+    /// The syncs made so far: `(fdatasyncs of sled's db file, blob files fsynced)`, one of
+    /// the first per durable append (for benchmarks and tests).
+    pub fn sync_counts(&self) -> (u64, u64) {
+        (
+            self.syncs.data.load(Ordering::Relaxed),
+            self.syncs.blobs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether the log refuses appends after an unrecoverable failure.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Writes and flushes `batch` on the I/O thread, unless the disk has no room for it.
+    fn try_append(&self, batch: &[Envelope]) -> Result<(), Failure> {
         let mut writes = sled::Batch::default();
+        let mut sizes = Vec::with_capacity(batch.len());
         for env in batch {
-            writes.insert(&key(env.seq), codec::encode(env)?);
+            let record = codec::encode(env).map_err(|e| Failure::Refused(e.into()))?;
+            sizes.push(record.len() as u64);
+            writes.insert(&key(env.seq), record);
         }
-        self.events.apply_batch(writes).map_err(io_error)?;
-        self.sync.flush(&self.db)
+        self.space.admit(&sizes).map_err(Failure::Refused)?;
+        let io = self.io.as_ref().ok_or_else(|| {
+            Failure::Refused(LogError::ReadOnly {
+                dir: self.dir.clone(),
+            })
+        })?;
+        match io.run(IoJob::Append(writes), self.stall_timeout) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(err)) => Err(Failure::Storage(err)),
+            None => Err(Failure::Stalled),
+        }
+    }
+
+    fn poison(&self, slot: &mut Option<String>, reason: String) {
+        tracing::error!(dir = %self.dir.display(), %reason, "event log poisoned: appends are refused until car-server is restarted");
+        *slot = Some(reason);
+        self.poisoned.store(true, Ordering::Release);
     }
 
     /// Takes a failed batch back out of sled's cache, so no later flush makes it durable.
@@ -245,8 +412,18 @@ impl SledLog {
         for env in batch {
             removals.remove(&key(env.seq));
         }
-        self.events.apply_batch(removals)
+        self.events().apply_batch(removals)
     }
+}
+
+/// Why [`SledLog::try_append`] failed.
+enum Failure {
+    /// Refused before anything was written (a full disk, an encoding error).
+    Refused(LogError),
+    /// sled or the sync failed: the storage's state is unknown.
+    Storage(LogError),
+    /// The write did not finish within the stall timeout.
+    Stalled,
 }
 
 impl EventLog for SledLog {
@@ -264,18 +441,46 @@ impl EventLog for SledLog {
         if batch.is_empty() {
             return Ok(range);
         }
-        if let Err(err) = self.try_append(batch) {
-            if let Err(again) = self.roll_back(batch) {
-                let reason = format!("{err}; rolling the failed batch back also failed: {again}");
-                tracing::error!(dir = %self.dir.display(), %reason, "event log poisoned");
-                *poisoned = Some(reason);
+        match self.try_append(batch) {
+            Ok(()) => {}
+            Err(Failure::Refused(err)) => return Err(err),
+            Err(Failure::Storage(err)) => {
+                // The batch may sit in sled's cache, where a later flush would make it
+                // durable: take it out again (sled usually refuses this too, after a
+                // failed write), and refuse every later append: sled is unusable until
+                // reopened.
+                let reason = match self.roll_back(batch) {
+                    Ok(()) => err.to_string(),
+                    Err(again) => {
+                        format!("{err}; rolling the failed batch back also failed: {again}")
+                    }
+                };
+                self.poison(&mut poisoned, reason);
+                return Err(err);
             }
-            return Err(err);
+            Err(Failure::Stalled) => {
+                // The I/O thread is still inside sled: leave it there. The batch is not
+                // acknowledged (the head does not move); whether it reaches the disk is
+                // unknown, as for any write whose answer was lost.
+                let reason = format!(
+                    "a write to the event log did not finish within {} s (the disk may be full or failing)",
+                    self.stall_timeout.as_secs_f64()
+                );
+                self.poison(&mut poisoned, reason.clone());
+                return Err(LogError::Poisoned(reason));
+            }
         }
         if let Some(last) = range.last() {
             self.head.send_replace(last);
         }
         Ok(range)
+    }
+
+    fn admit_next(&self) -> Result<(), LogError> {
+        if let Some(reason) = self.append_lock.lock().as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
+        self.space.admit_next()
     }
 
     fn raw_from(&self, from: Seq) -> RawIter<'_> {
@@ -284,7 +489,7 @@ impl EventLog for SledLog {
         if from > head {
             return Box::new(std::iter::empty());
         }
-        Box::new(self.events.range(key(from)..=key(head)).map(|item| {
+        Box::new(self.events().range(key(from)..=key(head)).map(|item| {
             let (k, v) = item.map_err(io_error)?;
             let seq = seq_of(&k).ok_or_else(|| bad_key(&k))?;
             Ok((seq, RawRecord::sled(v)))
@@ -307,18 +512,57 @@ impl EventLog for SledLog {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.handles().db.size_on_disk().unwrap_or(0)
     }
 }
 
 impl Drop for SledLog {
     fn drop(&mut self) {
-        if self.read_only {
+        let Some(handles) = self.sled.take() else {
+            return;
+        };
+        let Some(io) = self.io.take() else {
+            // Read-only: nothing of ours to flush or remove.
+            return;
+        };
+        // Appends were each flushed; this only persists sled's own bookkeeping sooner. It
+        // is skipped when sled is known to be unusable, and bounded when it stops answering.
+        if !self.is_poisoned() && io.run(IoJob::Flush, self.stall_timeout).is_none() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        if self.is_poisoned() {
+            close_in_background(&self.dir, handles, io);
             return;
         }
-        // Appends were each flushed; this only persists sled's own bookkeeping sooner.
-        let _ = self.db.flush();
+        drop(io.jobs);
+        let _ = io.handle.join();
+        drop(handles);
         let _ = fs::remove_file(self.dir.join(HOLDER_FILE));
+    }
+}
+
+/// Closes a poisoned log's sled handles on a thread of their own, waiting at most
+/// [`CLOSE_AFTER_FAILURE_WAIT`]: sled's last drop flushes, and after a storage failure that
+/// flush can wait forever (seen with a full tmpfs and large records). Closed in time, the
+/// directory can be opened again in this process; otherwise the process's exit ends it.
+fn close_in_background(dir: &Path, handles: Handles, io: IoThread) {
+    let (closed, wait) = mpsc::sync_channel(1);
+    let dir_name = dir.display().to_string();
+    let closer = thread::Builder::new()
+        .name("car-log-close".into())
+        .spawn(move || {
+            // The I/O thread may be stuck inside sled (then this waits forever, and the
+            // caller stops waiting); otherwise it ends, and the last handle goes here.
+            drop(io.jobs);
+            let _ = io.handle.join();
+            drop(handles);
+            let _ = closed.send(());
+        });
+    let closed_in_time = closer.is_ok() && wait.recv_timeout(CLOSE_AFTER_FAILURE_WAIT).is_ok();
+    if closed_in_time {
+        let _ = fs::remove_file(dir.join(HOLDER_FILE));
+    } else {
+        tracing::warn!(dir = %dir_name, "the event log did not close after its storage failed; the process's exit will close it");
     }
 }
 
@@ -362,14 +606,17 @@ fn verify_tail(events: &sled::Tree) -> Result<Option<TailRepair>, LogError> {
     Ok(Some(repair))
 }
 
-/// Opens sled, waiting briefly for this process's own previous handle to let go.
+/// Opens sled, waiting (bounded) for this process's own previous handle to let go.
 ///
 /// sled releases its file lock only when the last of its background I/O threads drops its
 /// reference to the database, which can be a moment *after* the last [`SledLog`] on the
-/// directory was dropped (rarely after a clean drop; often after an I/O error). A lock that
-/// is held while no holder is recorded ([`HOLDER_FILE`] is written right after a
-/// successful open and removed on drop) is that moment, so it is retried for up to
-/// [`RELEASE_WAIT`]; a recorded holder is refused at once.
+/// directory was dropped (rarely after a clean drop; often after an I/O error; and a test
+/// that stops a daemon it runs in-process may reopen the log while the daemon's last
+/// handle is still being dropped). So a lock held while no holder is recorded
+/// ([`HOLDER_FILE`] is written right after a successful open and removed on drop) is
+/// retried for up to [`RELEASE_WAIT`], and a lock whose recorded holder is this very
+/// process for up to [`OpenOptions::own_lock_wait`]; another process's lock is refused at
+/// once.
 fn open_db(dir: &Path, options: &OpenOptions) -> Result<sled::Db, LogError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
@@ -393,13 +640,15 @@ fn open_db(dir: &Path, options: &OpenOptions) -> Result<sled::Db, LogError> {
                 continue;
             }
         }
+        let waited = started.elapsed();
         match open_error(dir, err) {
-            LogError::Locked { pid: None, .. } if started.elapsed() < RELEASE_WAIT => {
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
+            LogError::Locked { pid: None, .. } if waited < RELEASE_WAIT => {}
+            LogError::Locked { pid: Some(pid), .. }
+                if pid == std::process::id() && waited < options.own_lock_wait => {}
             other => return Err(other),
         }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -469,10 +718,15 @@ fn read_holder(dir: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::event::{DaemonStopped, Event};
-    use std::cell::Cell;
     use uuid::Uuid;
 
-    use crate::log::durable::tests::{BLOB_SYNCS, DATA_SYNCS};
+    fn data_syncs(log: &SledLog) -> u64 {
+        log.sync_counts().0
+    }
+
+    fn blob_syncs(log: &SledLog) -> u64 {
+        log.sync_counts().1
+    }
 
     fn env(seq: Seq) -> Envelope {
         Envelope {
@@ -518,13 +772,13 @@ mod tests {
     fn every_append_fdatasyncs_the_db_file() {
         let dir = tempfile::tempdir().unwrap();
         let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
-        let before = DATA_SYNCS.with(Cell::get);
+        let before = data_syncs(&log);
         log.append(&[env(1), env(2)]).unwrap();
         log.append(&[env(3)]).unwrap();
-        assert_eq!(DATA_SYNCS.with(Cell::get) - before, 2);
+        assert_eq!(data_syncs(&log) - before, 2);
         // A refused append writes nothing and syncs nothing.
         assert!(log.append(&[env(5)]).is_err());
-        assert_eq!(DATA_SYNCS.with(Cell::get) - before, 2);
+        assert_eq!(data_syncs(&log) - before, 2);
     }
 
     /// Regression: sled writes any page over ~128 KiB (a leaf of large records) to its own
@@ -541,16 +795,16 @@ mod tests {
             }),
             ..env(seq)
         };
-        let before = BLOB_SYNCS.with(Cell::get);
+        let before = blob_syncs(&log);
         log.append(&[big(1)]).unwrap();
         let blobs = fs::read_dir(dir.path().join("blobs")).unwrap().count();
         assert!(blobs > 0, "a 300 KiB record must be stored as a blob");
-        let synced = BLOB_SYNCS.with(Cell::get) - before;
+        let synced = blob_syncs(&log) - before;
         assert!(synced >= 1, "{blobs} blob files, {synced} synced");
         // Small appends create no blob and sync none.
-        let before = BLOB_SYNCS.with(Cell::get);
+        let before = blob_syncs(&log);
         log.append(&[env(2)]).unwrap();
-        assert_eq!(BLOB_SYNCS.with(Cell::get), before);
+        assert_eq!(blob_syncs(&log), before);
         drop(log);
         let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
         assert_eq!(log.get(1).unwrap(), Some(big(1)));
@@ -580,7 +834,11 @@ mod tests {
     fn a_second_opener_gets_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let _log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
-        let err = SledLog::open(dir.path(), OpenOptions::default()).unwrap_err();
+        let impatient = OpenOptions {
+            own_lock_wait: Duration::from_millis(50),
+            ..OpenOptions::default()
+        };
+        let err = SledLog::open(dir.path(), impatient).unwrap_err();
         let pid = std::process::id();
         assert!(matches!(err, LogError::Locked { pid: Some(p), .. } if p == pid));
         let text = err.to_string();
@@ -625,7 +883,7 @@ mod tests {
             let mut bad = log.raw(3).unwrap().unwrap();
             let n = bad.len();
             bad[n - 1] ^= 0xff;
-            log.events.insert(key(3), bad).unwrap();
+            log.events().insert(key(3), bad).unwrap();
         }
         let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
         let repair = log.tail_repair().unwrap();
@@ -647,7 +905,7 @@ mod tests {
             let mut bad = log.raw(3).unwrap().unwrap();
             let n = bad.len();
             bad[n - 1] ^= 0xff;
-            log.events.insert(key(3), bad.clone()).unwrap();
+            log.events().insert(key(3), bad.clone()).unwrap();
             bad
         };
         let read_only = OpenOptions {
@@ -718,14 +976,36 @@ mod tests {
         assert_eq!(log.head(), 400);
     }
 
+    /// Regression (issue 9, item 7): a test that stopped an in-process daemon and at once
+    /// reopened its log failed under load with "in use by another process (pid <its own
+    /// pid>)": the daemon's last handle was still being dropped. An open now waits for a
+    /// lock this very process holds.
+    #[test]
+    fn an_open_waits_for_this_process_to_let_go_of_its_own_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        log.append(&[env(1)]).unwrap();
+        let (opening, started) = std::sync::mpsc::channel();
+        let holder = thread::spawn(move || {
+            // Hold the log until the other thread is trying to open it.
+            started.recv().unwrap();
+            thread::sleep(Duration::from_millis(300));
+            drop(log);
+        });
+        opening.send(()).unwrap();
+        let reopened = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
+        assert_eq!(reopened.head(), 1);
+        holder.join().unwrap();
+    }
+
     #[test]
     fn damage_before_the_tail_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = SledLog::open(dir.path(), OpenOptions::default()).unwrap();
             log.append(&[env(1), env(2), env(3)]).unwrap();
-            log.events.insert(key(2), vec![1, 2, 3]).unwrap();
-            log.events.insert(key(3), vec![1, 2, 3]).unwrap();
+            log.events().insert(key(2), vec![1, 2, 3]).unwrap();
+            log.events().insert(key(3), vec![1, 2, 3]).unwrap();
         }
         let err = SledLog::open(dir.path(), OpenOptions::default()).unwrap_err();
         assert!(err.to_string().contains("seq 2"), "{err}");

@@ -402,7 +402,7 @@ fn writer_over_sled_log_fails_cleanly_when_the_disk_is_full() {
     let report = run_child(Scenario::Writer, &dir);
     check_common(
         &report,
-        r#"Err(Log("event log is read-only after an earlier failure"#,
+        r#"Err(Log("the event log refuses writes until it is reopened"#,
     );
     let failure = report.text("failure");
     assert!(

@@ -15,11 +15,13 @@
 //!   timeouts and tools.cancel, disconnects, failure behaviours, turns, the log's record;
 //! - [`approvals`]: §5 approvals (request, resolve, list, await, restarts) and the gate;
 //! - [`host_feed`]: §6 host.subscribe, host.event, host.events;
-//! - [`cookbook`]: the CAR cookbook flow as an unmodified old client runs it.
+//! - [`cookbook`]: the CAR cookbook flow as an unmodified old client runs it;
+//! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery.
 
 mod approvals;
 mod auth;
 mod cookbook;
+mod disk_full;
 mod host_feed;
 mod lifecycle;
 mod log;

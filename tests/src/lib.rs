@@ -754,9 +754,73 @@ impl DataDir {
         ))
     }
 
+    /// A fresh, empty data directory inside `parent` (e.g. on a [`SmallDisk`]).
+    pub fn new_in(parent: &Path) -> Self {
+        Self(Arc::new(
+            tempfile::Builder::new()
+                .prefix("car-e2e-")
+                .tempdir_in(parent)
+                .unwrap_or_else(|e| panic!("creating a temporary directory: {e}")),
+        ))
+    }
+
     /// Its path.
     pub fn path(&self) -> &Path {
         self.0.path()
+    }
+}
+
+/// A small file system of its own (a tmpfs), for tests of a full disk; unmounted when
+/// dropped. Mounting needs root (CI runs as root).
+#[derive(Debug)]
+pub struct SmallDisk {
+    mount: PathBuf,
+    _parent: TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes`; where that is impossible (not root), prints
+    /// `SKIPPED <test>: <why>` to stderr and returns `None`: the caller returns, and the
+    /// skip is visible in the test output rather than passed off as a pass.
+    pub fn mount(bytes: u64, test: &str) -> Option<Self> {
+        let parent = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+        let mount = parent.path().join("fs");
+        std::fs::create_dir(&mount).unwrap_or_else(|e| panic!("creating {mount:?}: {e}"));
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&mount)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Self {
+                mount,
+                _parent: parent,
+            }),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED {test}: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(err) => {
+                eprintln!("SKIPPED {test}: cannot run mount: {err}");
+                None
+            }
+        }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mount
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
     }
 }
 

@@ -67,6 +67,10 @@ pub enum WriteError {
     /// The log refused or failed the batch; nothing of it is in the log.
     #[error("{0}")]
     Log(String),
+    /// The disk has no room: the batch was refused before anything of it was decided or
+    /// written; writes go on once space is freed.
+    #[error("{0}")]
+    DiskFull(String),
     /// The decision produced an event the state cannot apply (a bug in the decision).
     #[error("decided event at seq {seq} contradicts the state: {reason}")]
     Rejected {
@@ -81,6 +85,15 @@ pub enum WriteError {
     /// The writer has been shut down.
     #[error("event writer has stopped")]
     Stopped,
+}
+
+impl From<LogError> for WriteError {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::DiskFull { .. } => WriteError::DiskFull(err.to_string()),
+            other => WriteError::Log(other.to_string()),
+        }
+    }
 }
 
 /// Why replaying a log into a state failed.
@@ -178,6 +191,10 @@ struct Inner<S> {
     folded: Seq,
     /// See [`Durable::epoch`].
     epoch: u64,
+    /// Set when a failed write could not be undone (the durable log could not be read
+    /// back): the state may hold events that are not durable, so no read is answered
+    /// from it any more.
+    tainted: Option<String>,
 }
 
 struct Shared<S> {
@@ -234,6 +251,7 @@ impl<S: Fold + Default> Writer<S> {
                 state,
                 folded: head,
                 epoch: 0,
+                tainted: None,
             }),
             durable: watch::Sender::new(Durable {
                 epoch: 0,
@@ -314,12 +332,17 @@ impl<S: Fold> Writer<S> {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
-    /// Reads the state; resolves once everything the read saw is durable.
-    pub async fn read<R>(&self, read: impl Fn(&S) -> R) -> R {
+    /// Reads the state; resolves once everything the read saw is durable. Fails only when
+    /// a failed write could not be undone (the writer is poisoned and the state may hold
+    /// events that are not durable).
+    pub async fn read<R>(&self, read: impl Fn(&S) -> R) -> Result<R, WriteError> {
         let mut durable = self.shared.durable.subscribe();
         loop {
             let (out, epoch, seen) = {
                 let inner = self.shared.inner.read();
+                if let Some(reason) = &inner.tainted {
+                    return Err(WriteError::Poisoned(reason.clone()));
+                }
                 (read(&inner.state), inner.epoch, inner.folded)
             };
             let reached = durable
@@ -329,7 +352,7 @@ impl<S: Fold> Writer<S> {
             match reached {
                 // Everything seen is durable (or the writer is gone: nothing more can
                 // become durable or be lost, and what was seen was the final state).
-                Ok(true) | Err(_) => return out,
+                Ok(true) | Err(_) => return Ok(out),
                 // A failed append was undone under us: read again.
                 Ok(false) => continue,
             }
@@ -443,6 +466,16 @@ impl<S: Fold + Default> Worker<S> {
             }
             return;
         }
+        // A full disk refuses the batch before anything is decided or folded: nothing to
+        // undo, so no rebuild while the disk stays full.
+        if let Err(err) = self.shared.log.admit_next() {
+            let failure = WriteError::from(err);
+            tracing::warn!(%failure, jobs = jobs.len(), "event log refused a batch");
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(failure.clone()));
+            }
+            return;
+        }
         let mut envelopes: Vec<Envelope> = Vec::new();
         let mut answers: Vec<(Reply, Result<SeqRange, WriteError>)> =
             Vec::with_capacity(jobs.len());
@@ -518,7 +551,7 @@ impl<S: Fold + Default> Worker<S> {
             }
             Err(err) => {
                 tracing::error!(%err, events = envelopes.len(), "event log append failed");
-                let failure = WriteError::Log(err.to_string());
+                let failure = WriteError::from(err);
                 {
                     let mut inner = shared.inner.write();
                     self.rebuild(&mut inner, &[]);
@@ -555,7 +588,11 @@ impl<S: Fold + Default> Worker<S> {
             }
             Err(err) => {
                 let reason = format!("rebuilding the state failed: {err}");
-                tracing::error!(%reason, "event writer poisoned");
+                tracing::error!(%reason, "event writer poisoned: restart car-server");
+                inner.tainted = Some(reason.clone());
+                // Nothing past the log's head is durable: readers waiting on the failed
+                // events wake up (the epoch moves on in the caller) and are refused.
+                inner.folded = self.shared.log.head();
                 self.poisoned = Some(reason);
             }
         }
@@ -650,7 +687,85 @@ mod tests {
         let (a, b) = tokio::join!(writer.execute(decide), writer.execute(decide));
         let (a, b) = (a.unwrap().0, b.unwrap().0);
         assert!(a ^ b, "exactly one decision wins: {a} {b}");
-        assert_eq!(writer.read(|s| s.0.clone()).await, vec!["won".to_owned()]);
+        assert_eq!(
+            writer.read(|s| s.0.clone()).await.unwrap(),
+            vec!["won".to_owned()]
+        );
+    }
+
+    /// Regression (issue 9, item 1): a full disk must refuse every write promptly, decide
+    /// and fold nothing (so no rebuild of the state per refused batch), and let writes go
+    /// on as soon as space returns.
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_before_deciding_and_they_resume_when_space_returns() {
+        let log = Arc::new(MemLog::new());
+        let (writer, _thread) = spawn(log.clone());
+        writer.append(vec![stopped("a")]).await.unwrap();
+        log.set_disk_full(true);
+        let decided = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = decided.clone();
+        let err = writer
+            .execute(move |_: &Reasons| {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                (vec![stopped("refused")], ())
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WriteError::DiskFull(m) if m.contains("disk holding the event log is full")),
+            "{err:?}"
+        );
+        assert!(!decided.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(writer.durable().epoch, 0, "nothing folded, nothing rebuilt");
+        assert_eq!(
+            writer.read(|s| s.0.clone()).await.unwrap(),
+            vec!["a".to_owned()]
+        );
+        log.set_disk_full(false);
+        let range = writer.append(vec![stopped("b")]).await.unwrap();
+        assert_eq!(range, SeqRange { first: 2, count: 1 });
+    }
+
+    /// A failed write whose undo cannot read the log back leaves a state that may hold
+    /// events that are not durable: every later read is refused rather than answered from
+    /// it, and every later write too.
+    #[tokio::test]
+    async fn a_failure_that_cannot_be_undone_refuses_reads_instead_of_showing_lost_events() {
+        #[derive(Debug)]
+        struct Unreadable(MemLog);
+        impl EventLog for Unreadable {
+            fn append(&self, batch: &[Envelope]) -> Result<SeqRange, LogError> {
+                self.0.append(batch)
+            }
+            fn raw_from(&self, _: Seq) -> crate::log::RawIter<'_> {
+                Box::new(std::iter::once(Err(LogError::Io("unreadable".into()))))
+            }
+            fn head(&self) -> Seq {
+                self.0.head()
+            }
+            fn watch_head(&self) -> watch::Receiver<Seq> {
+                self.0.watch_head()
+            }
+        }
+        let inner = MemLog::new();
+        let log = Arc::new(Unreadable(inner));
+        let (writer, _thread) = Writer::spawn(
+            log.clone(),
+            Reasons::default(),
+            Stamper::deterministic(ManualClock::fixed(), 7),
+        );
+        writer.append(vec![stopped("kept")]).await.unwrap();
+        log.0.fail_next_appends(1);
+        assert!(writer.append(vec![stopped("lost")]).await.is_err());
+        let err = writer.read(|s| s.0.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, WriteError::Poisoned(m) if m.contains("rebuilding the state failed")),
+            "{err:?}"
+        );
+        assert!(matches!(
+            writer.append(vec![stopped("b")]).await,
+            Err(WriteError::Poisoned(_))
+        ));
     }
 
     #[tokio::test]
@@ -664,7 +779,10 @@ mod tests {
             matches!(err, WriteError::Log(ref m) if m.contains("no space")),
             "{err}"
         );
-        assert_eq!(writer.read(|s| s.0.clone()).await, vec!["a".to_owned()]);
+        assert_eq!(
+            writer.read(|s| s.0.clone()).await.unwrap(),
+            vec!["a".to_owned()]
+        );
         let range = writer.append(vec![stopped("b")]).await.unwrap();
         assert_eq!(range.first, 2, "the failed batch's seq is reused: no gap");
         assert_eq!(writer.durable().epoch, 1);

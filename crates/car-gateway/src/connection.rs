@@ -275,6 +275,10 @@ pub(crate) struct Session {
     pub(crate) closing: CancellationToken,
     /// Where approved gated calls come back to the reader.
     pub(crate) deferred: mpsc::UnboundedSender<Deferred>,
+    /// This session's own events (its opening, its authentication) that the log could not
+    /// take when they happened (a full disk), in order: written before its first write, so
+    /// that a session can connect and read while no write is possible.
+    pub(crate) unrecorded: Vec<Command>,
 }
 
 impl Session {
@@ -296,6 +300,41 @@ impl Session {
                 .unwrap_or(Err(RpcError::Deadline));
             responder.send(result).await;
         });
+    }
+
+    /// Records one of this session's own events (see [`Session::unrecorded`]): now, after
+    /// any that are still unrecorded; or, when the log cannot take writes now and
+    /// `may_wait`, later, before this session's first write.
+    pub(crate) async fn record(
+        &mut self,
+        command: Command,
+        may_wait: bool,
+    ) -> Result<(), RpcError> {
+        let recorded = match self.record_unrecorded().await {
+            Ok(()) => self.app.execute(command.clone(), |_, _| ()).await,
+            Err(err) => Err(err),
+        };
+        match recorded {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(refusal)) => Err(refusal.into()),
+            Err(RpcError::Unavailable(reason)) if may_wait => {
+                tracing::warn!(client_id = %self.client_id, %reason, "session event left for later: the log cannot take writes now");
+                self.unrecorded.push(command);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Writes the session's own events the log could not take before, in order; waits
+    /// for them (only ever after a full disk: a session's first write afterwards). The
+    /// method table calls it before every method that may write.
+    pub(crate) async fn record_unrecorded(&mut self) -> Result<(), RpcError> {
+        while let Some(command) = self.unrecorded.first().cloned() {
+            self.app.execute(command, |_, _| ()).await??;
+            self.unrecorded.remove(0);
+        }
+        Ok(())
     }
 
     /// Queues `command` on the single writer, now, in this session's frame order (see
@@ -418,16 +457,20 @@ pub(crate) fn config_for(app: &App) -> WebSocketConfig {
 pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: SocketAddr) {
     let client_id = app.new_id();
     let auth_disabled = !app.config.auth;
-    let opened = app
-        .execute(
-            Command::OpenSession(OpenSession {
-                client_id: client_id.clone(),
-                peer: peer.to_string(),
-                role: auth_disabled.then_some(Role::Client),
-            }),
-            |_, _| (),
-        )
-        .await;
+    let open = Command::OpenSession(OpenSession {
+        client_id: client_id.clone(),
+        peer: peer.to_string(),
+        role: auth_disabled.then_some(Role::Client),
+    });
+    // While the log cannot take writes (a full disk) a session still opens, to read: its
+    // opening is recorded before its first write (see `Session::unrecorded`).
+    let (opened, unrecorded) = match app.execute(open.clone(), |_, _| ()).await {
+        Err(RpcError::Unavailable(reason)) => {
+            tracing::warn!(%peer, %client_id, %reason, "session opened without its record: it may read, and is recorded before its first write");
+            (true, vec![open])
+        }
+        other => (matches!(other, Ok(Ok(_))), Vec::new()),
+    };
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
     let sender = tokio::spawn(send_loop(
@@ -437,7 +480,7 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         app.config.idle_timeout,
     ));
     let out = Outbound(tx);
-    if !matches!(opened, Ok(Ok(_))) {
+    if !opened {
         tracing::error!(%peer, "could not record the session; closing the connection");
         out.close(CloseCode::Error, "the daemon cannot record sessions now")
             .await;
@@ -461,6 +504,7 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         fence: Fence::new(),
         tools: ToolSession::default(),
         closing: CancellationToken::new(),
+        unrecorded,
     };
     let reason = read_loop(&mut session, stream, approved).await;
     end_session(session, reason).await;
@@ -660,6 +704,7 @@ async fn end_session(session: Session, ending: Ending) {
         tools,
         out,
         closing,
+        unrecorded,
         ..
     } = session;
     closing.cancel();
@@ -670,6 +715,10 @@ async fn end_session(session: Session, ending: Ending) {
     drop(out);
     if app.stopping.is_cancelled() {
         // The shutdown records every session's end in one batch.
+        return;
+    }
+    if matches!(unrecorded.first(), Some(Command::OpenSession(_))) {
+        // Its opening never reached the log, nor anything after it: nothing to close.
         return;
     }
     let closed = app

@@ -58,7 +58,7 @@ pub(crate) async fn pass(
         agent_id: None,
     });
     app.execute(request, |_, _| ()).await??;
-    let mut approval = wait(app, &approval_id, app.config.approval_timeout).await;
+    let mut approval = wait(app, &approval_id, app.config.approval_timeout).await?;
     if approval
         .as_ref()
         .is_some_and(|a| a.status == ApprovalStatus::Pending)
@@ -72,7 +72,7 @@ pub(crate) async fn pass(
         approval = app
             .writer
             .read(|state| state.approval(&approval_id).cloned())
-            .await;
+            .await?;
     }
     match approval {
         Some(a)
@@ -90,7 +90,11 @@ pub(crate) async fn pass(
 
 /// Waits until the approval is no longer pending, or `timeout` passes; returns it as it
 /// then stands (`None` if there is no such approval).
-pub(crate) async fn wait(app: &Arc<App>, approval_id: &str, timeout: Duration) -> Option<Approval> {
+pub(crate) async fn wait(
+    app: &Arc<App>,
+    approval_id: &str,
+    timeout: Duration,
+) -> Result<Option<Approval>, RpcError> {
     let mut changed = app.notifier.watch(&approval_key(approval_id));
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -98,14 +102,14 @@ pub(crate) async fn wait(app: &Arc<App>, approval_id: &str, timeout: Duration) -
         let approval = app
             .writer
             .read(|state| state.approval(approval_id).cloned())
-            .await;
+            .await?;
         match &approval {
             Some(a) if a.status == ApprovalStatus::Pending => {}
-            _ => return approval,
+            _ => return Ok(approval),
         }
         tokio::select! {
-            woke = changed.changed() => if woke.is_err() { return approval },
-            () = tokio::time::sleep_until(deadline) => return approval,
+            woke = changed.changed() => if woke.is_err() { return Ok(approval) },
+            () = tokio::time::sleep_until(deadline) => return Ok(approval),
         }
     }
 }

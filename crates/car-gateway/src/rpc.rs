@@ -28,6 +28,10 @@ pub enum RpcError {
     /// `-32603`: refused or failed; the message is the contract's.
     #[error("{0}")]
     Internal(String),
+    /// `-32603`: the event log cannot record anything now (a full disk, a storage
+    /// failure); nothing of the request was recorded. Reads still work.
+    #[error("{0}")]
+    Unavailable(String),
     /// `-32001`: the session must authenticate first; the connection closes.
     #[error("auth required: send session.auth first")]
     AuthRequired,
@@ -53,7 +57,7 @@ impl RpcError {
             RpcError::InvalidRequest(_) => -32600,
             RpcError::MethodNotFound(_) => -32601,
             RpcError::InvalidParams(_) => -32602,
-            RpcError::Internal(_) => -32603,
+            RpcError::Internal(_) | RpcError::Unavailable(_) => -32603,
             RpcError::AuthRequired => -32001,
             RpcError::ApprovalDenied(_) => -32003,
             RpcError::Deadline => -32004,
@@ -93,11 +97,31 @@ impl From<Refusal> for RpcError {
     }
 }
 
+/// What a client is told when the disk is full.
+pub const DISK_FULL: &str = "the event log is unavailable: the disk is full; nothing was recorded, and writes resume once space is freed";
+/// What a client is told after a storage failure.
+pub const LOG_FAILED: &str = "the event log is unavailable after a storage failure: nothing was recorded; car-server must be restarted";
+
 impl From<WriteError> for RpcError {
     fn from(err: WriteError) -> Self {
         // The details (which may name files) go to the daemon's log, not to the client.
-        tracing::error!(%err, "write failed");
-        RpcError::Internal("internal error: the event log could not record this request".into())
+        match err {
+            WriteError::DiskFull(_) => {
+                tracing::warn!(%err, "write refused");
+                RpcError::Unavailable(DISK_FULL.into())
+            }
+            WriteError::Log(_) | WriteError::Poisoned(_) => {
+                tracing::error!(%err, "write failed");
+                RpcError::Unavailable(LOG_FAILED.into())
+            }
+            WriteError::Stopped => RpcError::Unavailable("the daemon is stopping".into()),
+            WriteError::Rejected { .. } => {
+                tracing::error!(%err, "write failed");
+                RpcError::Internal(
+                    "internal error: the event log could not record this request".into(),
+                )
+            }
+        }
     }
 }
 

@@ -54,7 +54,7 @@ async fn approval(
 ) -> Result<Value, RpcError> {
     app.writer
         .read(|state| state.approval(approval_id).map(approval_json))
-        .await
+        .await?
         .ok_or_else(|| RpcError::Internal("internal error: approval not found".into()))
 }
 
@@ -111,7 +111,7 @@ pub(crate) async fn list(session: &mut Session, params: Value, responder: Respon
                     .map(approval_json)
                     .collect::<Vec<_>>()
             })
-            .await;
+            .await?;
         Ok(json!({"approvals": approvals}))
     });
 }
@@ -149,13 +149,14 @@ pub(crate) async fn wait(session: &mut Session, params: Value, responder: Respon
                     .is_some_and(|a| approval_visible(&actor, a))
             })
             .await;
-        let result = if visible {
-            match gate::wait(&app, &id, timeout).await {
-                Some(approval) => Ok(approval_json(&approval)),
-                None => Err(Refusal::UnknownApproval(id).into()),
-            }
-        } else {
-            Err(Refusal::UnknownApproval(id).into())
+        let result = match visible {
+            Ok(true) => match gate::wait(&app, &id, timeout).await {
+                Ok(Some(approval)) => Ok(approval_json(&approval)),
+                Ok(None) => Err(Refusal::UnknownApproval(id).into()),
+                Err(err) => Err(err),
+            },
+            Ok(false) => Err(Refusal::UnknownApproval(id).into()),
+            Err(err) => Err(err.into()),
         };
         responder.send(result).await;
     });

@@ -17,6 +17,19 @@ use crate::rpc::RpcError;
 
 /// Methods the gate never holds: a session must be able to authenticate and handshake.
 const NEVER_GATED: [&str; 2] = ["session.auth", "server.handshake"];
+/// Methods that never write: they run even while the session's own events wait for the
+/// log (see `Session::unrecorded`). Every other method may write, so it first records them.
+const READ_ONLY: [&str; 9] = [
+    "session.auth",
+    "server.handshake",
+    "tools.list",
+    "runs.list",
+    "runs.get_trace",
+    "host.approvals",
+    "host.await_approval",
+    "host.events",
+    "log.read",
+];
 
 /// Answers one call.
 pub(crate) async fn dispatch(
@@ -32,6 +45,11 @@ pub(crate) async fn dispatch(
     }
     if method.starts_with("host.") && !session.handshake {
         return responder.send(Err(RpcError::HandshakeRequired)).await;
+    }
+    if !READ_ONLY.contains(&method) {
+        if let Err(err) = session.record_unrecorded().await {
+            return responder.send(Err(err)).await;
+        }
     }
     if gate::is_gated(&session.app, method) && !NEVER_GATED.contains(&method) {
         return hold_for_approval(session, method, params, responder);

@@ -206,7 +206,7 @@ pub(crate) async fn list(session: &mut Session, params: Value, responder: Respon
                         .map(trace::summary)
                         .collect::<Vec<_>>())
                 })
-                .await?;
+                .await??;
             let agent_id = agent_id.or_else(|| actor.bound_agent().map(str::to_owned));
             Ok(json!({"agent_id": agent_id, "runs": runs}))
         },
@@ -228,7 +228,7 @@ pub(crate) async fn get_trace(session: &mut Session, params: Value, responder: R
         let found = app
             .writer
             .read(|state| state.readable_run(&actor, &run_id).cloned())
-            .await;
+            .await?;
         let Some(run) = found else {
             return Ok(json!({"run_id": run_id, "not_found": true}));
         };

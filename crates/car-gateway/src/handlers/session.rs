@@ -63,7 +63,10 @@ async fn authenticate(session: &mut Session, params: Value) -> Result<Value, Rpc
         role,
         agent_id: agent_id.clone(),
     });
-    app.execute(command, |_, _| ()).await??;
+    // An agent's attach is decided against every other session (one live session per
+    // agent id), so it must be recorded now; a client's or host's may wait for a full disk
+    // to clear, so that it can read meanwhile.
+    session.record(command, role != Role::Agent).await?;
     let mut actor = Actor::new(session.client_id.clone(), role, agent_id.clone());
     actor.unrestricted = !auth_enabled;
     session.actor = Some(actor);

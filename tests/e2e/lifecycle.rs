@@ -280,15 +280,25 @@ async fn a_restart_answers_runs_list_and_get_trace_exactly_as_before() {
     let mut agent = server.auth_agent("a").await;
     let after = views(&mut host, &mut agent, &runs).await;
     assert_eq!(after, before);
-    // The idempotency key still names the same run, and starting it again records nothing.
-    let mut client = server.auth_client().await;
-    let again = client
+    // The idempotency key still names the same run for its owners (a session bound to its
+    // agent), and starting it again records nothing; to a plain client of the new daemon,
+    // which may not read the run, the key is not available.
+    let mut owner = server.auth_agent("b").await;
+    let again = owner
         .ok(
+            "runs.start",
+            json!({"intent": "again", "idempotency_key": "key-1"}),
+        )
+        .await;
+    assert_eq!(again, keyed);
+    let mut client = server.auth_client().await;
+    let refused = client
+        .err(
             "runs.start",
             json!({"intent": "again", "agent_id": "b", "idempotency_key": "key-1"}),
         )
         .await;
-    assert_eq!(again, keyed);
+    assert_eq!(refused.message, "idempotency_key is not available");
     // The log goes on where it was: the old events unchanged, seqs 1, 2, 3, … without gap.
     let log_after = whole_log(&mut host).await;
     assert_eq!(log_after[..log_before.len()], log_before[..]);
@@ -568,18 +578,27 @@ async fn retention_evicts_the_oldest_ended_runs_beyond_max_runs() {
     assert_eq!(listed, [open.as_str(), ended[3].as_str()]);
     let kept = full_trace(&mut host, &ended[3]).await;
     assert_eq!(kept["records"].as_array().unwrap().len(), 3);
-    // An evicted run's idempotency key still names it: nothing new is started.
-    let again = client
+    // An evicted run's idempotency key still names it: nothing new is started. Only its
+    // agent's sessions get it back (an evicted run keeps no other owner).
+    let mut owner = server.auth_agent("a").await;
+    let again = owner
         .ok(
+            "runs.start",
+            json!({"intent": "again", "idempotency_key": "key-0"}),
+        )
+        .await;
+    assert_eq!(again, json!({"run_id": "key-0", "agent_id": "a"}));
+    let refused = client
+        .err(
             "runs.start",
             json!({"intent": "again", "agent_id": "a", "idempotency_key": "key-0"}),
         )
         .await;
-    assert_eq!(again, json!({"run_id": "key-0", "agent_id": "a"}));
+    assert_eq!(refused.message, "idempotency_key is not available");
     let started = host.ok("log.read", json!({"kinds": ["run.started"]})).await;
     assert_eq!(started["events"].as_array().unwrap().len(), 5);
     // Evicted stays evicted after a restart.
-    drop((host, client));
+    drop((host, client, owner));
     let mut server = server;
     assert_eq!(server.stop().await.unwrap().code(), Some(0));
     server.restart().await.unwrap();

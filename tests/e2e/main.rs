@@ -16,11 +16,13 @@
 //! - [`approvals`]: §5 approvals (request, resolve, list, await, restarts) and the gate;
 //! - [`host_feed`]: §6 host.subscribe, host.event, host.events;
 //! - [`cookbook`]: the CAR cookbook flow as an unmodified old client runs it;
+//! - [`data_dir`]: start-up order of the token files and the port, the directory's modes;
 //! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery.
 
 mod approvals;
 mod auth;
 mod cookbook;
+mod data_dir;
 mod disk_full;
 mod host_feed;
 mod lifecycle;

@@ -185,15 +185,37 @@ async fn an_idempotency_key_returns_the_existing_run_and_records_nothing_new() {
     let mut host = server.auth_host().await;
     let started = host.ok("log.read", json!({"kinds": ["run.started"]})).await;
     assert_eq!(started["events"].as_array().unwrap().len(), 1, "{started}");
-    // Whoever retries with the key gets the run as it is; knowing its id grants nothing.
+    // Regression (issue 9, item 5): a caller that may not read the run learns nothing about
+    // it, not even that the key is taken (it used to get the run's id and agent_id), and
+    // nothing is recorded.
     let mut stranger = server.auth_client().await;
-    let retried = stranger
-        .ok(
+    let refused = stranger
+        .err(
             "runs.start",
             json!({"intent": "x", "agent_id": "z", "idempotency_key": "job-42"}),
         )
         .await;
-    assert_eq!(retried, first);
+    assert_eq!(refused.code, -32602);
+    assert_eq!(refused.message, "idempotency_key is not available");
+    let mut other_agent = server.auth_agent("z").await;
+    let refused = other_agent
+        .err(
+            "runs.start",
+            json!({"intent": "x", "idempotency_key": "job-42"}),
+        )
+        .await;
+    assert_eq!(refused.message, "idempotency_key is not available");
+    // A host may read every run: it gets the run as it is.
+    let by_host = host
+        .call(
+            "runs.start",
+            json!({"intent": "x", "agent_id": "a", "idempotency_key": "job-42"}),
+        )
+        .await;
+    assert_eq!(
+        by_host.unwrap_err().message,
+        "host sessions cannot start runs"
+    );
     let hidden = stranger
         .ok("runs.get_trace", json!({"run_id": "job-42"}))
         .await;

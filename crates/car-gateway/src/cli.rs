@@ -39,6 +39,8 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    // Everything the daemon creates (the log's files, the tokens) is for its owner only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("car-server")

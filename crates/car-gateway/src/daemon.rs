@@ -8,7 +8,7 @@ use std::fs;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,8 +126,14 @@ impl Daemon {
     pub async fn start(config: Config, stamper: Stamper) -> Result<Self, StartError> {
         let started = Instant::now();
         let data_dir = config.data_dir.clone();
-        prepare_dir(&data_dir)?;
         let log_dir = config.log_dir();
+        for dir in [&data_dir, &log_dir] {
+            owner_only_dir(dir).map_err(|source| StartError::DataDir {
+                dir: dir.clone(),
+                source,
+            })?;
+        }
+        let log_files = log_dir.clone();
         let log =
             tokio::task::spawn_blocking(move || SledLog::open(&log_dir, OpenOptions::default()))
                 .await
@@ -139,6 +145,12 @@ impl Daemon {
                     },
                     other => StartError::Log(other),
                 })?;
+        // sled creates its files with the process's umask: whatever that is, none of the
+        // log (every prompt and output) is left readable by others.
+        owner_only_files(&log_files).map_err(|source| StartError::DataDir {
+            dir: log_files.clone(),
+            source,
+        })?;
         let tail_repair = log.tail_repair().cloned();
         let log: Arc<dyn EventLog> = Arc::new(log);
         let replay_log = log.clone();
@@ -155,16 +167,26 @@ impl Daemon {
         .await
         .map_err(|e| StartError::Recovery(e.to_string()))??;
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
+        // The token files are written before the port opens: a client that waits for the
+        // port and then reads `auth-token` must never read the previous run's token (after
+        // a crash the old files are still there).
+        let tokens =
+            Tokens::create(&config.data_dir, config.auth_token.clone()).map_err(|source| {
+                StartError::DataDir {
+                    dir: config.data_dir.clone(),
                     source,
-                })?;
-        let listen = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
+                }
+            })?;
+        let bound = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
+            Err(err) => Err(err),
+        };
+        let (listener, listen) = bound.map_err(|source| {
+            tokens.remove();
+            StartError::Bind {
+                addr: config.listen,
+                source,
+            }
         })?;
         let (writer, writer_thread) = Writer::spawn(log, state, stamper.clone());
         let now = stamper.clock().now();
@@ -192,18 +214,8 @@ impl Daemon {
             Err(err) => {
                 writer.shutdown().await;
                 writer_thread.join();
+                tokens.remove();
                 return Err(StartError::Recovery(err.to_string()));
-            }
-        };
-        let tokens = match Tokens::create(&config.data_dir, config.auth_token.clone()) {
-            Ok(tokens) => tokens,
-            Err(source) => {
-                writer.shutdown().await;
-                writer_thread.join();
-                return Err(StartError::DataDir {
-                    dir: config.data_dir.clone(),
-                    source,
-                });
             }
         };
         let app = Arc::new(App {
@@ -316,14 +328,35 @@ impl Daemon {
     }
 }
 
-fn prepare_dir(dir: &PathBuf) -> Result<(), StartError> {
-    let fail = |source| StartError::DataDir {
-        dir: dir.clone(),
-        source,
-    };
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(fail)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+/// Creates `dir` (and its parents) if needed and makes it `0700`, warning when an existing
+/// one was open to others: the data directory holds the tokens and the log.
+fn owner_only_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the directory was open to others (mode {mode:o}): tightened to 700"
+            );
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Takes every permission but the owner's off the files and directories under `dir`.
+fn owner_only_files(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            owner_only_files(&entry.path())?;
+        }
+        if mode & 0o077 != 0 {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode & 0o700))?;
+        }
     }
     Ok(())
 }

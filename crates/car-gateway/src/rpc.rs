@@ -82,6 +82,7 @@ impl From<Refusal> for RpcError {
         let message = refusal.to_string();
         match refusal {
             Refusal::InvalidParams(_)
+            | Refusal::KeyUnavailable
             | Refusal::UnknownApproval(_)
             | Refusal::ApprovalResolved(_)
             | Refusal::ApprovalExpired(_) => RpcError::InvalidParams(message),

@@ -87,6 +87,10 @@ pub enum Refusal {
     /// `-32603`: the caller's role does not allow it.
     #[error("{0}")]
     Forbidden(String),
+    /// `-32602`: `runs.start` with an `idempotency_key` that names a run the caller may
+    /// not read. Says nothing more: not whether the key is taken, nor by whom.
+    #[error("idempotency_key is not available")]
+    KeyUnavailable,
 }
 
 /// A connection was accepted.
@@ -516,11 +520,24 @@ fn start_run(state: &State, c: &StartRun) -> Result<Vec<Event>, Refusal> {
     };
     let run_id = match non_blank(c.idempotency_key.as_ref()) {
         Some(key) => {
-            // The run with this key is returned as it is, to whoever retries (after a
-            // reconnect the retrying session is a new one). Knowing its id grants nothing:
-            // writes still need an owner.
-            if state.run(key).is_some() || state.retired_key(key).is_some() {
-                return Ok(vec![]);
+            // The run with this key is returned as it is to a caller that may read it (its
+            // owners, hosts; after a reconnect the retrying session is a new one, bound to
+            // the same agent). Anyone else learns nothing about it, not even that it
+            // exists (PROTOCOL.md §3.2).
+            if let Some(run) = state.run(key) {
+                return if state.is_reader(&c.actor, run) {
+                    Ok(vec![])
+                } else {
+                    Err(Refusal::KeyUnavailable)
+                };
+            }
+            if let Some(agent) = state.retired_key(key) {
+                let reader = c.actor.has_host_rights() || c.actor.bound_agent() == Some(agent);
+                return if reader {
+                    Ok(vec![])
+                } else {
+                    Err(Refusal::KeyUnavailable)
+                };
             }
             key.to_owned()
         }

@@ -147,20 +147,40 @@ fn started(run: &str, agent: &str, client: &str, key: Option<&str>) -> RunStarte
     start(Actor::agent("c2", "a1"), None, None, Some("k1")),
     nothing(),
 )]
-#[case::a_retry_from_another_session_gets_the_run_back(
-    given![client_session("c1"), client_session("c2"), keyed_run_started("k1", "a1", "c1")],
-    start(Actor::client("c2"), Some("a1"), None, Some("k1")),
+#[case::a_retry_from_a_new_agent_session_gets_the_run_back(
+    given![agent_session("c1", "a1"), keyed_run_started("k1", "a1", "c1"), agent_closed("c1", "a1"), agent_session("c2", "a1")],
+    start(Actor::agent("c2", "a1"), None, None, Some("k1")),
     nothing(),
 )]
+// Regression (issue 9, item 5): another client's key revealed that client's run (its id
+// and agent_id). A caller that may not read the run learns nothing, not even whether
+// the key is taken, and nothing is recorded.
+#[case::another_clients_key_is_not_available(
+    given![client_session("c1"), client_session("c2"), keyed_run_started("k1", "a1", "c1")],
+    start(Actor::client("c2"), Some("a1"), None, Some("k1")),
+    refused(Refusal::KeyUnavailable),
+)]
+#[case::another_agents_key_is_not_available(
+    given![agent_session("c1", "a1"), agent_session("c2", "a2"), keyed_run_started("k1", "a1", "c1")],
+    start(Actor::agent("c2", "a2"), None, None, Some("k1")),
+    refused(Refusal::KeyUnavailable),
+)]
 #[case::an_evicted_key_stays_taken(
-    given![client_session("c1"), keyed_run_started("k1", "a1", "c1"), run_completed("k1", "a1"), run_evicted("k1", "a1")],
-    start(Actor::client("c1"), Some("a1"), None, Some("k1")),
+    given![agent_session("c1", "a1"), keyed_run_started("k1", "a1", "c1"), run_completed("k1", "a1"), run_evicted("k1", "a1")],
+    start(Actor::agent("c1", "a1"), None, None, Some("k1")),
     nothing(),
 )]
 #[case::an_evicted_key_stays_taken_after_a_restart(
+    given![agent_session("c1", "a1"), keyed_run_started("k1", "a1", "c1"), run_completed("k1", "a1"), run_evicted("k1", "a1"), agent_closed("c1", "a1"), agent_session("c2", "a1")],
+    start(Actor::agent("c2", "a1"), None, None, Some("k1")),
+    nothing(),
+)]
+// An evicted run keeps only its agent: a session not bound to it cannot be shown to be
+// a reader, so the key is not available to it.
+#[case::an_evicted_key_is_not_available_to_a_plain_client(
     given![client_session("c1"), keyed_run_started("k1", "a1", "c1"), run_completed("k1", "a1"), run_evicted("k1", "a1"), session_closed("c1"), client_session("c2")],
     start(Actor::client("c2"), Some("a1"), None, Some("k1")),
-    nothing(),
+    refused(Refusal::KeyUnavailable),
 )]
 #[case::a_host_cannot_start_runs(
     given![host_session("h1")],

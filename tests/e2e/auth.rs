@@ -27,6 +27,31 @@ async fn a_call_before_auth_is_minus_32001_and_the_connection_closes() {
     }
 }
 
+/// Regression (issue 9): a connection that never authenticated was kept forever, so idle
+/// strangers could hold every connection slot. It is closed (1008 "auth timeout") after
+/// the auth timeout (30 s; 300 ms here), its session recorded as ended `auth_timeout`;
+/// an authenticated session silent as long is kept.
+#[tokio::test]
+async fn an_unauthenticated_connection_is_closed_after_the_auth_timeout() {
+    let server = server(&["--auth-timeout-ms", "300"]).await;
+    let mut host = server.auth_host().await;
+    let mut stranger = server.connect().await;
+    let closed = stranger
+        .wait_closed()
+        .await
+        .unwrap()
+        .expect("a close frame");
+    assert_eq!(u16::from(closed.code), 1008);
+    assert_eq!(closed.reason.as_str(), "auth timeout");
+    // The authenticated session outlived the deadline and still answers.
+    host.ok("runs.list", json!({})).await;
+    let closes = host.whole_log(Some(&["session.closed"])).await;
+    assert!(
+        closes.iter().any(|e| e["data"]["reason"] == "auth_timeout"),
+        "{closes:?}"
+    );
+}
+
 #[tokio::test]
 async fn auth_results_name_the_role() {
     let server = server(&[]).await;

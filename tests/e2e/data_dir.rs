@@ -130,3 +130,46 @@ async fn an_open_data_directory_is_tightened_and_the_log_is_the_owners_only() {
     assert!(warned, "{:#?}", server.stderr());
     server.stop().await.unwrap();
 }
+
+/// Regression (issue 9): the log lines carried ANSI colour codes when stderr was not a
+/// terminal (journald, a file). Piped, with no `NO_COLOR`, the start-up lines are plain.
+#[tokio::test]
+async fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    use tokio::io::AsyncBufReadExt;
+    let data = DataDir::new();
+    let mut command = tokio::process::Command::new(SERVER_BIN);
+    for key in DAEMON_ENV {
+        command.env_remove(key);
+    }
+    let mut daemon = command
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--port")
+        .arg("0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(PORT_WAIT, lines.next_line()).await {
+        let ready = line.contains("replayed");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("listening on ws://")),
+        "{seen:#?}"
+    );
+    for line in &seen {
+        assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+    }
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+}

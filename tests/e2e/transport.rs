@@ -48,6 +48,39 @@ async fn invalid_json_gets_a_parse_error_with_null_id_and_the_connection_stays()
     client.ok("runs.list", json!({})).await;
 }
 
+/// Regression (issue 9): integer ids past what an f64 or an i64/u64 holds came back as
+/// floats (`1.2345678901234568e+29`). Every id comes back exactly as sent, digit for digit.
+#[tokio::test]
+async fn request_ids_come_back_exactly_as_sent_whatever_their_size() {
+    let server = server(&[]).await;
+    let mut client = server.connect().await;
+    let auth = format!(
+        r#"{{"jsonrpc":"2.0","id":9007199254740993,"method":"session.auth","params":{{"token":"{}"}}}}"#,
+        server.auth_token
+    );
+    client.send_text(auth).await.unwrap();
+    let reply = client.next_reply().await.unwrap();
+    assert_eq!(reply["id"].to_string(), "9007199254740993");
+    assert_eq!(reply["result"]["ok"], true);
+    for id in [
+        "18446744073709551615",
+        "123456789012345678901234567890",
+        "-9223372036854775809",
+        "-123456789012345678901234567890",
+        "0.1",
+    ] {
+        client
+            .send_text(format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"runs.list","params":{{}}}}"#
+            ))
+            .await
+            .unwrap();
+        let reply = client.next_reply().await.unwrap();
+        assert_eq!(reply["id"].to_string(), id, "{reply}");
+        assert!(reply["result"]["runs"].is_array(), "{reply}");
+    }
+}
+
 #[tokio::test]
 async fn a_binary_frame_gets_invalid_request_with_null_id_and_the_connection_stays() {
     let server = server(&[]).await;

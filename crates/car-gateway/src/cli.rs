@@ -21,6 +21,7 @@ pub fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted())
         .init();
     let config = match Config::from_cli(cli) {
         Ok(config) => config,
@@ -36,6 +37,13 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Colours only on a terminal (not in journald or a file), and never with `NO_COLOR` set
+/// (no-color.org).
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {

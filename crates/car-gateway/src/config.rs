@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_APPROVAL_TIMEOUT_SECS: u64 = 60;
 /// Default tool callback timeout when an action gives none (PROTOCOL.md §4.2).
 pub const DEFAULT_TOOL_TIMEOUT_SECS: u64 = 300;
+/// How long a connection may stay unauthenticated: a client authenticates in its first
+/// round trip; strangers must not hold connection slots (of `--max-connections`) forever.
+pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 30_000;
 /// Default GC period (PROTOCOL.md §9).
 pub const DEFAULT_GC_INTERVAL_SECS: u64 = 3600;
 /// Default connection cap: far above any single host's agent count, far below what
@@ -101,6 +104,10 @@ pub struct Cli {
     /// Grace before a departed owner's runs end, in milliseconds (tests; protocol: 250).
     #[arg(long, hide = true, default_value_t = 250)]
     pub disconnect_grace_ms: u64,
+
+    /// Close a connection that has not authenticated after this long, in milliseconds.
+    #[arg(long, hide = true, default_value_t = DEFAULT_AUTH_TIMEOUT_MS)]
+    pub auth_timeout_ms: u64,
 }
 
 /// The daemon's configuration, resolved.
@@ -136,6 +143,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Runs left without an owner end this long after the owner leaves (§3.7: 250 ms).
     pub disconnect_grace: Duration,
+    /// A connection still unauthenticated after this long is closed (1008).
+    pub auth_timeout: Duration,
     /// A request still unanswered after this long gets `-32004` (calls that wait for
     /// people or tools by design, like proposals and approvals, have their own timeouts).
     pub handler_deadline: Duration,
@@ -163,6 +172,7 @@ impl Config {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             disconnect_grace: Duration::from_millis(250),
+            auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
         }
     }
@@ -214,6 +224,7 @@ impl Config {
         config.ping_interval = Duration::from_millis(cli.ping_interval_ms.max(1));
         config.idle_timeout = Duration::from_millis(cli.idle_timeout_ms.max(1));
         config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
+        config.auth_timeout = Duration::from_millis(cli.auth_timeout_ms.max(1));
         Ok(config)
     }
 

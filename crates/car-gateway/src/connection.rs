@@ -518,6 +518,7 @@ enum Ending {
     Timeout,
     TooBig,
     AuthRequired,
+    AuthTimeout,
     Error,
     Shutdown,
 }
@@ -529,6 +530,7 @@ impl Ending {
             Ending::Timeout => "timeout",
             Ending::TooBig => "message_too_big",
             Ending::AuthRequired => "auth_required",
+            Ending::AuthTimeout => "auth_timeout",
             Ending::Error => "error",
             Ending::Shutdown => "daemon_shutdown",
         }
@@ -545,9 +547,15 @@ async fn read_loop(
 ) -> Ending {
     let idle = session.app.config.idle_timeout;
     let stopping = session.app.stopping.clone();
+    let auth_deadline = tokio::time::sleep(session.app.config.auth_timeout);
+    tokio::pin!(auth_deadline);
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(idle, stream.next()) => next,
+            () = &mut auth_deadline, if session.actor.is_none() => {
+                session.out.close(CloseCode::Policy, "auth timeout").await;
+                return Ending::AuthTimeout;
+            }
             () = stopping.cancelled() => {
                 session.out.close(CloseCode::Away, "daemon shutting down").await;
                 return Ending::Shutdown;

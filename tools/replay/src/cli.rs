@@ -147,7 +147,7 @@ impl StatusArg {
 /// `trace`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// The run id.
+    /// The run id, or a prefix of exactly one run's id (as git takes a hash).
     pub run: String,
     /// JSON: the trace records exactly as `runs.get_trace` returns them, the tool-call
     /// events as `{seq, ts, kind, data}`, and the approvals as on the wire.

@@ -39,26 +39,69 @@ pub fn approval_belongs(run: &Run, approval: &Approval) -> bool {
     during && (by_owner || for_agent)
 }
 
+/// How many runs an ambiguous prefix error lists.
+const AMBIGUOUS_SHOWN: usize = 10;
+
+/// The run `asked` names: its full id, or (as git takes a commit hash) a prefix of exactly
+/// one run's id, live or evicted. Several matches: a usage error listing them.
+fn resolve<'a>(
+    state: &'a State,
+    evicted: &'a [EvictedRun],
+    asked: &str,
+) -> Result<(&'a Run, Option<&'a EvictedRun>), Error> {
+    let evicted_run = |id: &str| evicted.iter().rev().find(|e| e.run.run_id == id);
+    let exact = |id: &str| match state.run(id) {
+        Some(run) => Some((run, None)),
+        None => evicted_run(id).map(|e| (&e.run, Some(e))),
+    };
+    if let Some(found) = exact(asked) {
+        return Ok(found);
+    }
+    let mut ids: Vec<&str> = state
+        .runs()
+        .map(|run| run.run_id.as_str())
+        .chain(evicted.iter().map(|e| e.run.run_id.as_str()))
+        .filter(|id| !asked.is_empty() && id.starts_with(asked))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match ids.as_slice() {
+        [] => Err(Error::NotFound(format!(
+            "no run `{asked}` in the log (`car-replay runs --evicted` lists every run)"
+        ))),
+        [id] => Ok(exact(id).expect("a listed id names a run")),
+        many => {
+            let mut lines: Vec<String> = many
+                .iter()
+                .take(AMBIGUOUS_SHOWN)
+                .filter_map(|id| exact(id))
+                .map(|(run, evicted)| {
+                    format!(
+                        "  {}  agent {}  started {}{}",
+                        run.run_id,
+                        run.agent_id,
+                        format_ts(run.started_at),
+                        if evicted.is_some() { "  (evicted)" } else { "" }
+                    )
+                })
+                .collect();
+            if many.len() > AMBIGUOUS_SHOWN {
+                lines.push(format!("  … and {} more", many.len() - AMBIGUOUS_SHOWN));
+            }
+            Err(Error::Usage(format!(
+                "run id prefix `{asked}` is ambiguous: {} runs match; give more of the id:\n{}",
+                many.len(),
+                lines.join("\n")
+            )))
+        }
+    }
+}
+
 /// Runs the command.
 pub fn run(log: &OpenLog, context: &Context, args: &TraceArgs) -> Result<Exit, Error> {
     let replayed = context.replay_all(log, true, "trace")?;
     let state = &replayed.state;
-    let evicted = replayed
-        .evicted
-        .iter()
-        .rev()
-        .find(|e| e.run.run_id == args.run);
-    let Some(run) = state.run(&args.run).or(evicted.map(|e| &e.run)) else {
-        return Err(Error::NotFound(format!(
-            "no run `{}` in the log (`car-replay runs --evicted` lists every run)",
-            args.run
-        )));
-    };
-    let evicted = if state.run(&args.run).is_some() {
-        None
-    } else {
-        evicted
-    };
+    let (run, evicted) = resolve(state, &replayed.evicted, &args.run)?;
     let records = trace_records(&log.log, run, 0, usize::MAX).map_err(trace_error)?;
     let mut related = Vec::with_capacity(run.related.len());
     for &seq in &run.related {

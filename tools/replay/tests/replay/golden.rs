@@ -220,6 +220,41 @@ fn trace_json_has_the_daemons_records_and_what_else_belongs_to_the_run() {
     assert_eq!(nightly["tool_calls"], json!([]));
 }
 
+/// Regression (issue 9): `trace` needed the whole run id. A unique prefix now names the
+/// run (live or evicted), as git takes a commit hash; an ambiguous one lists the runs it
+/// matches (exit 64); one that matches nothing is not found (exit 5).
+#[test]
+fn trace_takes_a_unique_prefix_of_a_run_id_and_lists_the_runs_an_ambiguous_one_matches() {
+    let data = DataDir::golden();
+    let whole = data
+        .run(&["trace", "run-7f3a9c2e", "--json"])
+        .expect(0)
+        .json();
+    let by_prefix = data.run(&["trace", "run-7f", "--json"]).expect(0).json();
+    assert_eq!(by_prefix, whole);
+    let retained = data.run(&["trace", "run-d4", "--json"]).expect(0).json();
+    assert_eq!(retained["records"][0]["run_id"], "run-d4e8f610");
+
+    let ambiguous = data.run(&["trace", "run-"]).expect(64);
+    assert!(
+        ambiguous
+            .stderr
+            .contains("run id prefix `run-` is ambiguous"),
+        "{}",
+        ambiguous.stderr
+    );
+    for id in ["run-7f3a9c2e", "run-d4e8f610"] {
+        assert!(ambiguous.stderr.contains(id), "{}", ambiguous.stderr);
+    }
+    assert!(
+        ambiguous.stderr.contains("(evicted)"),
+        "{}",
+        ambiguous.stderr
+    );
+    let none = data.run(&["trace", "zz"]).expect(5);
+    assert!(none.stderr.contains("no run `zz`"), "{}", none.stderr);
+}
+
 #[test]
 fn trace_text_reads_as_a_timeline_with_offsets_and_durations() {
     let data = DataDir::golden();

@@ -23,6 +23,9 @@ use super::text::{for_each_fact_token, query_terms};
 pub const K1: f64 = 1.2;
 /// BM25's length normalisation (the contract's reference value).
 pub const B: f64 = 0.75;
+/// How deep the labelled-set evaluation looks for a relevant fact (`memory.query`'s
+/// largest `k`).
+pub const MAX_K_FOR_EVAL: usize = 50;
 
 /// A live fact (PROTOCOL.md §11.1).
 #[derive(Debug, Clone, PartialEq, Eq)]

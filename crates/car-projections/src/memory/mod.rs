@@ -14,7 +14,9 @@
 //!   and the pure halves of `load`/`persist` (file parsing, snapshot rendering, lexical
 //!   path checks);
 //! - [`scope`]: `shared`, `ns:<namespace>`, `agent:<agent_id>`;
-//! - [`text`]: tokens and the stop-word list.
+//! - [`text`]: tokens and the stop-word list;
+//! - [`labelled`]: the labelled ranking set's figures (MRR, recall@3), for the test and
+//!   the bench.
 //!
 //! Nothing here reads a clock, touches a file or locks: a fact's `created_at` is the time
 //! of the envelope that added it.
@@ -22,6 +24,7 @@
 pub mod context;
 pub mod decide;
 pub mod index;
+pub mod labelled;
 pub mod scope;
 pub mod text;
 

@@ -14,7 +14,8 @@
 //!   replay of its log, recovery is idempotent even when interrupted;
 //! - [`trace`]: runs read back from the log, paged, before and after eviction;
 //! - [`memory`]: memory's decisions, refusals, fold, ranking and contexts, and by property
-//!   the incremental index against a rebuild and the reference scan.
+//!   the incremental index against a rebuild and the reference scan;
+//! - [`ranking`]: MRR and recall@3 on the committed labelled set.
 
 mod apply;
 mod approvals;
@@ -22,6 +23,7 @@ mod determinism;
 mod golden;
 mod gwt;
 mod memory;
+mod ranking;
 mod recovery;
 mod runs;
 mod scenario;

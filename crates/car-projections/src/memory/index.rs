@@ -123,6 +123,18 @@ struct Entry {
     len: u32,
 }
 
+/// What scoring reads per posting, kept dense by slot (16 bytes) so that walking a long
+/// postings list touches a small array, not the facts themselves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Doc {
+    /// [`Entry::ord`].
+    ord: u64,
+    /// [`Entry::len`].
+    len: u32,
+    /// Whether the fact's kind has a context section of its own.
+    section: bool,
+}
+
 /// One ranked fact.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit<'a> {
@@ -183,10 +195,33 @@ pub struct IndexSnapshot {
     pub kinds: BTreeMap<String, Vec<String>>,
 }
 
+/// BM25 scores of one query: a dense accumulator by slot and the slots it touched.
+#[derive(Debug)]
+pub(crate) struct Scores {
+    acc: Vec<f64>,
+    touched: Vec<u32>,
+}
+
+impl Scores {
+    /// `(slot, score)` of every matching fact.
+    fn iter(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.touched
+            .iter()
+            .map(|&slot| (slot, self.acc[slot as usize]))
+    }
+
+    /// A slot's score (0: it matches nothing).
+    pub(crate) fn get(&self, slot: u32) -> f64 {
+        self.acc.get(slot as usize).copied().unwrap_or(0.0)
+    }
+}
+
 /// A scope's live facts and their index.
 #[derive(Debug, Clone, Default)]
 pub struct ScopeMemory {
     slots: Vec<Option<Entry>>,
+    /// Per slot, what scoring reads (stale for a free slot: no posting names it).
+    docs: Vec<Doc>,
     free: Vec<u32>,
     by_id: HashMap<String, u32>,
     /// ord → slot: log order.
@@ -288,6 +323,7 @@ impl ScopeMemory {
             Some(slot) => slot,
             None => {
                 self.slots.push(None);
+                self.docs.push(Doc::default());
                 (self.slots.len() - 1) as u32
             }
         };
@@ -318,6 +354,11 @@ impl ScopeMemory {
             .or_default()
             .insert(ord);
         self.by_id.insert(fact.fact_id.clone(), slot);
+        self.docs[slot as usize] = Doc {
+            ord,
+            len,
+            section: super::context::is_section_kind(&fact.kind),
+        };
         self.slots[slot as usize] = Some(Entry { fact, ord, len });
     }
 
@@ -362,61 +403,82 @@ impl ScopeMemory {
         self.postings.contains_key(term)
     }
 
-    /// The BM25 score of every fact matching at least one of `terms` (distinct), as
-    /// `(slot, score)` in no particular order. Costs O(the postings of `terms`) plus one
-    /// zeroed accumulator per slot.
-    fn scores(&self, terms: &[String]) -> Vec<(u32, f64)> {
+    /// The BM25 score of every fact matching at least one of `terms` (distinct): a dense
+    /// accumulator by slot and the slots it touched, in no particular order. Costs
+    /// O(the postings of `terms`) plus one zeroed accumulator per slot.
+    fn scores(&self, terms: &[String]) -> Scores {
         let n = self.len();
+        let mut scores = Scores {
+            acc: Vec::new(),
+            touched: Vec::new(),
+        };
         if n == 0 {
-            return Vec::new();
+            return scores;
         }
+        scores.acc = vec![0.0f64; self.slots.len()];
         let avgdl = self.total_len as f64 / n as f64;
-        let mut acc = vec![0.0f64; self.slots.len()];
-        let mut touched = Vec::new();
         for term in terms {
             let Some(list) = self.postings.get(term.as_str()) else {
                 continue;
             };
             let df = list.len() as f64;
             for (&slot, &tf) in list {
-                let dl = f64::from(self.entry(slot).len);
+                let dl = f64::from(self.docs[slot as usize].len);
                 let s = term_score(n as f64, df, f64::from(tf), dl, avgdl);
-                let cell = &mut acc[slot as usize];
+                let cell = &mut scores.acc[slot as usize];
                 if *cell == 0.0 {
-                    touched.push(slot);
+                    scores.touched.push(slot);
                 }
                 *cell += s;
             }
         }
-        touched
-            .into_iter()
-            .map(|slot| (slot, acc[slot as usize]))
-            .collect()
+        scores
     }
 
-    fn rank_key(&self, (slot, score): (u32, f64)) -> (f64, u64, &str) {
-        let entry = self.entry(slot);
-        (score, entry.ord, entry.fact.fact_id.as_str())
+    /// The ranking order over slots: score descending, then newer first. Ords are unique
+    /// within a scope, so `fact_id`, the contract's last tie-break, never decides here.
+    fn cmp_slots(&self, a: (u32, f64), b: (u32, f64)) -> Ordering {
+        b.1.total_cmp(&a.1).then(
+            self.docs[b.0 as usize]
+                .ord
+                .cmp(&self.docs[a.0 as usize].ord),
+        )
     }
 
-    /// Sorts `(slot, score)`s best first, keeping the best `keep` (all: `usize::MAX`).
-    fn best(&self, mut scored: Vec<(u32, f64)>, keep: usize) -> Vec<(u32, f64)> {
-        let cmp = |a: &(u32, f64), b: &(u32, f64)| rank(self.rank_key(*a), self.rank_key(*b));
+    /// The best `keep` of `scored`, best first.
+    fn best(&self, scored: impl Iterator<Item = (u32, f64)>, keep: usize) -> Vec<(u32, f64)> {
         if keep == 0 {
             return Vec::new();
         }
-        if scored.len() > keep {
-            scored.select_nth_unstable_by(keep - 1, cmp);
-            scored.truncate(keep);
+        if keep <= 64 {
+            // A sorted window of the best so far: each candidate is compared with the worst
+            // kept one, and only better ones (rare once the window fills) are inserted.
+            let mut top: Vec<(u32, f64)> = Vec::with_capacity(keep + 1);
+            for c in scored {
+                if top.len() == keep && self.cmp_slots(c, top[keep - 1]) != Ordering::Less {
+                    continue;
+                }
+                let at = top.partition_point(|t| self.cmp_slots(*t, c) == Ordering::Less);
+                top.insert(at, c);
+                top.truncate(keep);
+            }
+            return top;
         }
-        scored.sort_unstable_by(cmp);
-        scored
+        let mut all: Vec<(u32, f64)> = scored.collect();
+        let cmp = |a: &(u32, f64), b: &(u32, f64)| self.cmp_slots(*a, *b);
+        if all.len() > keep {
+            all.select_nth_unstable_by(keep - 1, cmp);
+            all.truncate(keep);
+        }
+        all.sort_unstable_by(cmp);
+        all
     }
 
     /// The `k` facts best matching `query`, best first (PROTOCOL.md §11.2).
     pub fn query(&self, query: &str, k: usize) -> Vec<Hit<'_>> {
         let terms = query_terms(query);
-        self.best(self.scores(&terms), k)
+        let scores = self.scores(&terms);
+        self.best(scores.iter(), k)
             .into_iter()
             .map(|(slot, score)| Hit {
                 fact: &self.entry(slot).fact,
@@ -425,33 +487,28 @@ impl ScopeMemory {
             .collect()
     }
 
-    /// Every fact matching one of `terms`, best first, with the facts of `kinds` split
-    /// off (each also best first): `(others, by kind)`. `cap` bounds how many of the others
-    /// are kept (the best ones).
+    /// For `build_context`: the best `cap` facts matching `terms` whose kind has no
+    /// section of its own, best first, and the scores of every fact.
     pub(crate) fn ranked_for_context<'a>(
         &'a self,
         terms: &[String],
         cap: usize,
-    ) -> (Vec<Hit<'a>>, HashMap<u32, f64>) {
-        let scored = self.scores(terms);
-        let mut others = Vec::new();
-        let mut special = HashMap::new();
-        for (slot, score) in scored {
-            if super::context::is_section_kind(&self.entry(slot).fact.kind) {
-                special.insert(slot, score);
-            } else {
-                others.push((slot, score));
-            }
-        }
+    ) -> (Vec<Hit<'a>>, Scores) {
+        let scores = self.scores(terms);
         let others = self
-            .best(others, cap)
+            .best(
+                scores
+                    .iter()
+                    .filter(|(slot, _)| !self.docs[*slot as usize].section),
+                cap,
+            )
             .into_iter()
             .map(|(slot, score)| Hit {
                 fact: &self.entry(slot).fact,
                 score,
             })
             .collect();
-        (others, special)
+        (others, scores)
     }
 
     /// The facts of `kind` with their scores (0 when they match nothing), least relevant
@@ -459,7 +516,7 @@ impl ScopeMemory {
     pub(crate) fn kind_least_relevant_first<'a>(
         &'a self,
         kind: &str,
-        scores: &HashMap<u32, f64>,
+        scores: &Scores,
     ) -> Vec<&'a Fact> {
         let mut all: Vec<(u32, f64)> = self
             .by_kind
@@ -467,9 +524,9 @@ impl ScopeMemory {
             .into_iter()
             .flatten()
             .filter_map(|ord| self.order.get(ord))
-            .map(|&slot| (slot, scores.get(&slot).copied().unwrap_or(0.0)))
+            .map(|&slot| (slot, scores.get(slot)))
             .collect();
-        all.sort_unstable_by(|a, b| rank(self.rank_key(*b), self.rank_key(*a)));
+        all.sort_unstable_by(|a, b| self.cmp_slots(*b, *a));
         all.into_iter()
             .map(|(slot, _)| &self.entry(slot).fact)
             .collect()

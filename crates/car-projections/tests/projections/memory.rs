@@ -1109,10 +1109,7 @@ fn the_default_budget_holds_and_keeps_the_best_facts() {
     assert!(cost(&context) <= 8000);
     assert!(cost(&context) > 7900, "{}", cost(&context));
     let best = state.memory().query(&shared(), "rust cargo", 50);
-    let last_line = context
-        .lines()
-        .rfind(|l| l.starts_with("- ["))
-        .unwrap();
+    let last_line = context.lines().rfind(|l| l.starts_with("- [")).unwrap();
     assert!(last_line.starts_with(&format!("- [{}]", best[0].fact.fact_id)));
     for hit in &best {
         assert!(context.contains(&format!("- [{}] ", hit.fact.fact_id)));

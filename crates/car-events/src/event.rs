@@ -383,6 +383,97 @@ pub struct ProposalFinished {
     pub final_state: String,
 }
 
+/// Why a fact left its memory scope (PROTOCOL.md §11.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactRemoval {
+    /// `memory.delete` (or MCP's `memory_delete`).
+    Delete,
+    /// `memory.consolidate` merged it into an older exact duplicate.
+    Consolidate,
+}
+
+impl FactRemoval {
+    /// The wire name of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactRemoval::Delete => "delete",
+            FactRemoval::Consolidate => "consolidate",
+        }
+    }
+}
+
+/// One memory fact as recorded (PROTOCOL.md §11.1). Its `created_at` is not stored: it is
+/// the time of the envelope that added (or loaded) it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemoryFact {
+    /// The fact's id within its scope (`[A-Za-z0-9._:-]{1,128}`).
+    pub fact_id: String,
+    /// What it is about (1–1024 bytes).
+    pub subject: String,
+    /// The fact itself (1–16384 bytes).
+    pub body: String,
+    /// `[a-z_]{1,32}`; `identity`, `constraint`, `conversation` and `environment` pick
+    /// context sections.
+    pub kind: String,
+    /// At most 32 tags of 1–64 bytes.
+    pub tags: Vec<String>,
+    /// Who contributed it (`user`, `mcp`, `load`, …; 1–64 bytes).
+    pub source: String,
+}
+
+/// A fact was added to a memory scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryFactAdded {
+    /// The scope: `shared`, `ns:<namespace>` or `agent:<agent_id>`.
+    pub scope: String,
+    /// The fact (its id minted by the daemon when the client gave none).
+    pub fact: MemoryFact,
+    /// The session that added it (`None`: not a WebSocket session, e.g. MCP).
+    pub client_id: Option<String>,
+}
+
+/// A live fact left its memory scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryFactDeleted {
+    /// The scope.
+    pub scope: String,
+    /// The fact.
+    pub fact_id: String,
+    /// Why.
+    pub reason: FactRemoval,
+    /// The session that asked (`None`: not a WebSocket session, e.g. MCP).
+    pub client_id: Option<String>,
+}
+
+/// `memory.load` replaced the whole scope with a file's facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryScopeLoaded {
+    /// The scope.
+    pub scope: String,
+    /// The file, relative to `DATA_DIR/memory/`.
+    pub path: String,
+    /// Every fact loaded, in the file's order: the scope's whole content from now on.
+    pub facts: Vec<MemoryFact>,
+    /// The session that asked.
+    pub client_id: Option<String>,
+}
+
+/// `memory.persist` wrote the scope's live facts to a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryScopePersisted {
+    /// The scope.
+    pub scope: String,
+    /// The file, relative to `DATA_DIR/memory/`.
+    pub path: String,
+    /// How many facts it holds.
+    pub count: u64,
+    /// The SHA-256 of the bytes written, lower-case hex.
+    pub sha256: String,
+    /// The session that asked.
+    pub client_id: Option<String>,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -458,6 +549,14 @@ events! {
     ProposalSubmitted(ProposalSubmitted) = "proposal.submitted",
     /// A proposal finished.
     ProposalFinished(ProposalFinished) = "proposal.finished",
+    /// A memory fact was added.
+    MemoryFactAdded(MemoryFactAdded) = "memory.fact_added",
+    /// A memory fact was deleted.
+    MemoryFactDeleted(MemoryFactDeleted) = "memory.fact_deleted",
+    /// A memory scope was replaced by a file's facts.
+    MemoryScopeLoaded(MemoryScopeLoaded) = "memory.scope_loaded",
+    /// A memory scope was written to a file.
+    MemoryScopePersisted(MemoryScopePersisted) = "memory.scope_persisted",
 }
 
 impl Event {
@@ -487,6 +586,21 @@ impl Event {
             Event::ApprovalResolved(e) => e.client_id.as_deref(),
             Event::SubscriptionOpened(e) => Some(&e.client_id),
             Event::ProposalSubmitted(e) => Some(&e.client_id),
+            Event::MemoryFactAdded(e) => e.client_id.as_deref(),
+            Event::MemoryFactDeleted(e) => e.client_id.as_deref(),
+            Event::MemoryScopeLoaded(e) => e.client_id.as_deref(),
+            Event::MemoryScopePersisted(e) => e.client_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The memory scope this event changes or reads, for memory events.
+    pub fn memory_scope(&self) -> Option<&str> {
+        match self {
+            Event::MemoryFactAdded(e) => Some(&e.scope),
+            Event::MemoryFactDeleted(e) => Some(&e.scope),
+            Event::MemoryScopeLoaded(e) => Some(&e.scope),
+            Event::MemoryScopePersisted(e) => Some(&e.scope),
             _ => None,
         }
     }

@@ -94,6 +94,10 @@ impl From<Refusal> for RpcError {
             | Refusal::Forbidden(_)
             | Refusal::Dropped(_)
             | Refusal::NotFound => RpcError::Internal(message),
+            Refusal::Memory(memory) if memory.is_invalid_params() => {
+                RpcError::InvalidParams(message)
+            }
+            Refusal::Memory(_) => RpcError::Internal(message),
         }
     }
 }

@@ -21,6 +21,7 @@ use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::memory::{Memory, Minter};
 use crate::state::{Run, State, TurnBatch};
 use crate::trace::termination_json;
 
@@ -126,6 +127,38 @@ impl Serialize for Runs<'_> {
     }
 }
 
+/// Memory: by scope text, each `{minted: {ws, mcp}, facts: [...]}` with the facts in log
+/// order (the index is derived from them, so it is not rendered).
+struct MemoryDoc<'a>(&'a Memory);
+
+impl Serialize for MemoryDoc<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, scope) in self.0.scopes() {
+            map.serialize_entry(
+                key,
+                &json!({
+                    "minted": {
+                        "ws": scope.minted(Minter::Ws),
+                        "mcp": scope.minted(Minter::Mcp),
+                    },
+                    "facts": scope.facts().map(|f| json!({
+                        "fact_id": f.fact_id,
+                        "subject": f.subject,
+                        "body": f.body,
+                        "kind": f.kind,
+                        "tags": f.tags,
+                        "source": f.source,
+                        "created_at": ts(f.created_at),
+                        "seq": f.seq,
+                    })).collect::<Vec<_>>(),
+                }),
+            )?;
+        }
+        map.end()
+    }
+}
+
 impl Serialize for Canonical<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let state = self.0;
@@ -215,6 +248,11 @@ impl Serialize for Canonical<'_> {
             })),
         )?;
         map.serialize_entry("host_feed", state.host_feed())?;
+        // Only once memory was ever written, so that the digest of a state without memory
+        // is what it was before memory existed (digests stay comparable across versions).
+        if state.memory().scopes().next().is_some() {
+            map.serialize_entry("memory", &MemoryDoc(state.memory()))?;
+        }
         map.end()
     }
 }

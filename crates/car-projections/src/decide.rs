@@ -20,6 +20,7 @@ use car_events::event::{
 use serde_json::Value;
 
 use crate::access::Actor;
+use crate::memory::{self, MemoryRefusal};
 use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, State};
 use crate::turns::{self, MAX_TURNS_PER_BATCH, TurnError};
 
@@ -91,6 +92,10 @@ pub enum Refusal {
     /// not read. Says nothing more: not whether the key is taken, nor by whom.
     #[error("idempotency_key is not available")]
     KeyUnavailable,
+    /// A memory refusal (`-32602` or `-32603`, see [`MemoryRefusal::code`]), its message
+    /// the contract's, word for word.
+    #[error(transparent)]
+    Memory(#[from] MemoryRefusal),
 }
 
 /// A connection was accepted.
@@ -378,6 +383,16 @@ pub enum Command {
     DispatchToolCall(DispatchToolCall),
     /// A tool call ended.
     FinishToolCall(FinishToolCall),
+    /// `memory.add_fact` (and MCP's `memory_add_fact`).
+    MemoryAddFact(memory::AddFact),
+    /// `memory.delete` (and MCP's `memory_delete`).
+    MemoryDelete(memory::DeleteFact),
+    /// `memory.consolidate`.
+    MemoryConsolidate(memory::Consolidate),
+    /// `memory.load`, its file parsed.
+    MemoryLoad(memory::LoadScope),
+    /// `memory.persist` wrote its snapshot.
+    MemoryPersisted(memory::RecordPersist),
 }
 
 /// Decides a command against the state.
@@ -416,6 +431,11 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
         }),
         Command::DispatchToolCall(c) => Ok(vec![Event::ToolCallDispatched(c.dispatch.clone())]),
         Command::FinishToolCall(c) => Ok(finish_tool_call(state, c)),
+        Command::MemoryAddFact(c) => Ok(memory::decide::decide_add_fact(state.memory(), c)?),
+        Command::MemoryDelete(c) => Ok(memory::decide::decide_delete(state.memory(), c)),
+        Command::MemoryConsolidate(c) => Ok(memory::decide::decide_consolidate(state.memory(), c)),
+        Command::MemoryLoad(c) => Ok(memory::decide::decide_load(c)),
+        Command::MemoryPersisted(c) => Ok(vec![Event::MemoryScopePersisted(c.event.clone())]),
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`trace`]: runs read back in the wire shapes, through the per-run index;
 //! - [`canonical`]: the canonical rendering and digest of a state;
 //! - [`host_feed`]: the host feed's events, their wire shape and who may see them;
+//! - [`memory`]: memory (PROTOCOL.md §11) as its own slice of the state: scopes of facts,
+//!   their BM25 index, their decisions, `query` and `build_context`;
 //! - [`access`]: who is asking ([`Actor`]);
 //! - [`synth`]: realistic synthetic histories for benchmarks and soak tests.
 
@@ -15,6 +17,7 @@ pub mod access;
 pub mod canonical;
 pub mod decide;
 pub mod host_feed;
+pub mod memory;
 pub mod recovery;
 pub mod state;
 pub mod synth;

@@ -20,6 +20,7 @@ use car_events::{Envelope, Fold, JsonText, Seq};
 use chrono::{DateTime, Utc};
 
 use crate::access::Actor;
+use crate::memory::Memory;
 
 /// The most turns a run may hold (PROTOCOL.md §3.3).
 pub const MAX_TURNS_PER_RUN: u32 = 2000;
@@ -406,6 +407,9 @@ pub enum Contradiction {
     /// A proposal id already in progress.
     #[error("proposal `{0}` is already in progress")]
     DuplicateProposal(String),
+    /// A memory event that contradicts memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryContradiction),
 }
 
 /// "role agent, agent `a1`" / "role none, no agent", for [`Contradiction::SessionMismatch`].
@@ -449,6 +453,8 @@ pub struct State {
     proposals: BTreeMap<String, Proposal>,
     /// Seqs of the last [`HOST_FEED_WINDOW`] host-feed events, ascending.
     host_feed: VecDeque<Seq>,
+    /// Memory: its own slice, folded by [`Memory::apply`].
+    memory: Memory,
 }
 
 impl Fold for State {
@@ -724,6 +730,10 @@ impl State {
                 };
                 self.relate(proposal.run_id.as_deref(), seq);
             }
+            Event::MemoryFactAdded(_)
+            | Event::MemoryFactDeleted(_)
+            | Event::MemoryScopeLoaded(_)
+            | Event::MemoryScopePersisted(_) => self.memory.apply(env)?,
         }
         Ok(())
     }
@@ -979,6 +989,11 @@ impl State {
     /// Seqs of the recent host-feed events, ascending (at most [`HOST_FEED_WINDOW`]).
     pub fn host_feed(&self) -> &VecDeque<Seq> {
         &self.host_feed
+    }
+
+    /// Memory: every scope's facts (PROTOCOL.md §11).
+    pub fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// Every proposal in progress, by id.

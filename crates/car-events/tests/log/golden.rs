@@ -37,10 +37,12 @@ use std::sync::Once;
 use car_events::codec;
 use car_events::event::{
     ApprovalExpired, ApprovalRequested, ApprovalResolved, DaemonRecovered, DaemonStarted,
-    DaemonStopped, EvictionReason, IncompleteReason, ProposalFinished, ProposalSubmitted, Role,
-    RunEnded, RunEvicted, RunStarted, SessionAuthenticated, SessionClosed, SessionOpened,
-    SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination, ToolCallCancelled,
-    ToolCallCompleted, ToolCallDispatched, ToolCallFailed, ToolCallTimedOut, TurnsRecorded,
+    DaemonStopped, EvictionReason, FactRemoval, IncompleteReason, MemoryFact, MemoryFactAdded,
+    MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted, ProposalFinished,
+    ProposalSubmitted, Role, RunEnded, RunEvicted, RunStarted, SessionAuthenticated, SessionClosed,
+    SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
+    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed, ToolCallTimedOut,
+    TurnsRecorded,
 };
 use car_events::{
     Envelope, Event, EventJson, EventLog, JsonText, ManualClock, OpenOptions, SCHEMA_VERSION, Seq,
@@ -72,6 +74,7 @@ fn jsonl_path(version: u32) -> PathBuf {
 fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
     match version {
         1 => Some(golden_v1),
+        2 => Some(golden_v2),
         _ => None,
     }
 }
@@ -859,6 +862,284 @@ fn golden_v1() -> Vec<Envelope> {
     stamp("2026-11-24T09:00:00.000Z", 20_261_124, events)
 }
 
+fn fact(
+    fact_id: &str,
+    subject: &str,
+    body: &str,
+    kind: &str,
+    tags: &[&str],
+    source: &str,
+) -> MemoryFact {
+    MemoryFact {
+        fact_id: s(fact_id),
+        subject: s(subject),
+        body: s(body),
+        kind: s(kind),
+        tags: tags.iter().map(|t| s(t)).collect(),
+        source: s(source),
+    }
+}
+
+/// Fixture v2: memory (PROTOCOL.md §11). A client adds facts to the shared scope (one with
+/// a minted id, one with its own id and tags), MCP adds one (no session), an agent writes
+/// its own scope, a retried duplicate is consolidated away, a fact is deleted, a namespace
+/// scope is persisted and loaded back, and MCP's fact is deleted. Every memory kind, both
+/// [`FactRemoval`]s, and both sides of every new `Option` appear.
+fn golden_v2() -> Vec<Envelope> {
+    let added = |scope: &str, fact: MemoryFact, client_id: Option<String>| {
+        Event::from(MemoryFactAdded {
+            scope: s(scope),
+            fact,
+            client_id,
+        })
+    };
+    let events = vec![
+        (
+            0,
+            Event::from(DaemonStarted {
+                version: s("0.2.0"),
+                pid: 5151,
+                data_dir: s("/var/lib/car"),
+                listen: s("127.0.0.1:9100"),
+            }),
+        ),
+        (
+            41,
+            Event::from(DaemonRecovered {
+                events_replayed: 0,
+                runs_adopted: 0,
+                sessions_closed: 0,
+                approvals_expired: 0,
+                subscriptions_closed: 0,
+                tool_calls_cancelled: 0,
+                runs_evicted: 0,
+            }),
+        ),
+        (
+            900,
+            Event::from(SessionOpened {
+                client_id: s("sess-client-1"),
+                peer: s("127.0.0.1:53000"),
+                role: None,
+                agent_id: None,
+            }),
+        ),
+        (
+            6,
+            Event::from(SessionAuthenticated {
+                client_id: s("sess-client-1"),
+                role: Role::Client,
+                agent_id: None,
+            }),
+        ),
+        (
+            30,
+            added(
+                "shared",
+                fact(
+                    "ws-1",
+                    "editor preference",
+                    "The user edits in Neovim with 4-space indents and never tabs.",
+                    "pattern",
+                    &[],
+                    "user",
+                ),
+                some("sess-client-1"),
+            ),
+        ),
+        (
+            12,
+            added(
+                "shared",
+                fact(
+                    "deploy-freeze",
+                    "release policy",
+                    "No production deploys on Fridays after 15:00 UTC.\nHotfixes need two approvals.",
+                    "constraint",
+                    &["deploy", "policy", "ünïcödé ✓"],
+                    "user",
+                ),
+                some("sess-client-1"),
+            ),
+        ),
+        (
+            250,
+            added(
+                "shared",
+                fact(
+                    "mcp-1",
+                    "build host",
+                    "CI runs on Ubuntu 24.04 runners with 8 GiB of RAM.",
+                    "environment",
+                    &[],
+                    "mcp",
+                ),
+                None,
+            ),
+        ),
+        (
+            75,
+            Event::from(SessionOpened {
+                client_id: s("sess-agent-1"),
+                peer: s("[::1]:53010"),
+                role: None,
+                agent_id: None,
+            }),
+        ),
+        (
+            5,
+            Event::from(SessionAuthenticated {
+                client_id: s("sess-agent-1"),
+                role: Role::Agent,
+                agent_id: some("agent-researcher"),
+            }),
+        ),
+        (
+            18,
+            added(
+                "agent:agent-researcher",
+                fact(
+                    "ws-1",
+                    "who I am",
+                    "I am the research agent: I summarise sources and cite them — 要約.",
+                    "identity",
+                    &["self"],
+                    "agent",
+                ),
+                some("sess-agent-1"),
+            ),
+        ),
+        (
+            3_000,
+            added(
+                "shared",
+                fact(
+                    "ws-2",
+                    "editor preference",
+                    "The user edits in Neovim with 4-space indents and never tabs.",
+                    "pattern",
+                    &[],
+                    "user",
+                ),
+                some("sess-client-1"),
+            ),
+        ),
+        (
+            40,
+            Event::from(MemoryFactDeleted {
+                scope: s("shared"),
+                fact_id: s("ws-2"),
+                reason: FactRemoval::Consolidate,
+                client_id: some("sess-client-1"),
+            }),
+        ),
+        (
+            22,
+            added(
+                "ns:team-alpha",
+                fact(
+                    "ws-1",
+                    "standup",
+                    "Daily standup is at 09:30 Europe/Berlin.",
+                    "conversation",
+                    &["meetings"],
+                    "user",
+                ),
+                some("sess-client-1"),
+            ),
+        ),
+        (
+            64,
+            Event::from(MemoryScopePersisted {
+                scope: s("ns:team-alpha"),
+                path: s("team-alpha/snapshot.json"),
+                count: 1,
+                sha256: s("3f1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100ff"),
+                client_id: some("sess-client-1"),
+            }),
+        ),
+        (
+            1_500,
+            Event::from(MemoryScopeLoaded {
+                scope: s("ns:team-alpha"),
+                path: s("team-alpha/snapshot.json"),
+                facts: vec![
+                    fact(
+                        "ws-1",
+                        "standup",
+                        "Daily standup is at 09:30 Europe/Berlin.",
+                        "conversation",
+                        &["meetings"],
+                        "user",
+                    ),
+                    fact(
+                        "loaded-2",
+                        "on-call",
+                        "Pager rotation changes every Monday at 10:00.",
+                        "pattern",
+                        &[],
+                        "load",
+                    ),
+                ],
+                client_id: some("sess-client-1"),
+            }),
+        ),
+        (
+            8,
+            Event::from(MemoryScopeLoaded {
+                scope: s("agent:agent-retired"),
+                path: s("empty.json"),
+                facts: vec![],
+                client_id: None,
+            }),
+        ),
+        (
+            30,
+            Event::from(MemoryScopePersisted {
+                scope: s("shared"),
+                path: s("shared.json"),
+                count: 3,
+                sha256: s("00aa11bb22cc33dd44ee55ff66778899aabbccddeeff00112233445566778899"),
+                client_id: None,
+            }),
+        ),
+        (
+            2_200,
+            Event::from(MemoryFactDeleted {
+                scope: s("shared"),
+                fact_id: s("mcp-1"),
+                reason: FactRemoval::Delete,
+                client_id: None,
+            }),
+        ),
+        (
+            500,
+            Event::from(SessionClosed {
+                client_id: s("sess-agent-1"),
+                role: Some(Role::Agent),
+                agent_id: some("agent-researcher"),
+                reason: s("closed"),
+            }),
+        ),
+        (
+            20,
+            Event::from(SessionClosed {
+                client_id: s("sess-client-1"),
+                role: Some(Role::Client),
+                agent_id: None,
+                reason: s("closed"),
+            }),
+        ),
+        (
+            3,
+            Event::from(DaemonStopped {
+                reason: s("signal"),
+            }),
+        ),
+    ];
+    stamp("2026-12-01T08:00:00.000Z", 20_261_201, events)
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading and (once) writing the fixture files.
 
@@ -1283,6 +1564,44 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             run_id,
             action_ids: _,
         }) => vec![opt("run_id", run_id.is_some())],
+        Event::MemoryFactAdded(MemoryFactAdded {
+            scope: _,
+            fact:
+                MemoryFact {
+                    fact_id: _,
+                    subject: _,
+                    body: _,
+                    kind: _,
+                    tags: _,
+                    source: _,
+                },
+            client_id,
+        }) => vec![opt("client_id", client_id.is_some())],
+        Event::MemoryFactDeleted(MemoryFactDeleted {
+            scope: _,
+            fact_id: _,
+            reason,
+            client_id,
+        }) => vec![
+            opt("client_id", client_id.is_some()),
+            match reason {
+                FactRemoval::Delete => (s("FactRemoval::Delete"), true),
+                FactRemoval::Consolidate => (s("FactRemoval::Consolidate"), true),
+            },
+        ],
+        Event::MemoryScopeLoaded(MemoryScopeLoaded {
+            scope: _,
+            path: _,
+            facts: _,
+            client_id,
+        }) => vec![opt("client_id", client_id.is_some())],
+        Event::MemoryScopePersisted(MemoryScopePersisted {
+            scope: _,
+            path: _,
+            count: _,
+            sha256: _,
+            client_id,
+        }) => vec![opt("client_id", client_id.is_some())],
     }
 }
 
@@ -1300,6 +1619,8 @@ const NESTED_VARIANTS: &[&str] = &[
     "SubscriptionTarget::Run",
     "SubscriptionTarget::Log",
     "SubscriptionTarget::Host",
+    "FactRemoval::Delete",
+    "FactRemoval::Consolidate",
 ];
 
 #[test]
@@ -1322,7 +1643,7 @@ fn golden_fixtures_contain_every_nested_variant_and_both_sides_of_every_option()
         .filter(|(name, _)| !name.contains("::"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(options.len(), 13, "Option fields found: {options:?}");
+    assert_eq!(options.len(), 17, "Option fields found: {options:?}");
     for field in options {
         for set in [true, false] {
             assert!(

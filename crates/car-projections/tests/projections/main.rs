@@ -12,13 +12,18 @@
 //!   recoveries (`CAR_REWRITE_FIXTURES=1` rewrites them);
 //! - [`determinism`]: properties — replay is deterministic, the writer's live state is the
 //!   replay of its log, recovery is idempotent even when interrupted;
-//! - [`trace`]: runs read back from the log, paged, before and after eviction.
+//! - [`trace`]: runs read back from the log, paged, before and after eviction;
+//! - [`memory`]: memory's decisions, refusals, fold, ranking and contexts, and by property
+//!   the incremental index against a rebuild and the reference scan;
+//! - [`ranking`]: MRR and recall@3 on the committed labelled set.
 
 mod apply;
 mod approvals;
 mod determinism;
 mod golden;
 mod gwt;
+mod memory;
+mod ranking;
 mod recovery;
 mod runs;
 mod scenario;

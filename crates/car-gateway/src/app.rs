@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::frames::TurnFrames;
 use crate::notify::{Notifier, approval_key, run_key};
 use crate::rpc::RpcError;
-use crate::tail::TurnFrames;
 use crate::tokens::Tokens;
 
 /// The daemon's shared runtime.

@@ -1,9 +1,18 @@
 //! car-gateway: `car-server`, the WebSocket JSON-RPC gateway over car's event log.
 //!
 //! - [`daemon`]: start-up (replay, recovery), serving, graceful stop;
-//! - `connection`: one WebSocket = one session; frames, batches, responders, keep-alive;
-//! - `handlers`: the method table and one module per area of the protocol;
-//! - `tail`: live subscriptions as cursors over the log;
+//!
+//! The WebSocket stack, each layer using only those below it:
+//! - `connection`: one WebSocket = one session: the socket's reader and sender loops,
+//!   frames and batches, keep-alive; it hands each call to
+//! - `handlers`: the method table and one module per namespace of the protocol, written
+//!   against
+//! - `session`: what a handler works with: its [`Session`](session), the one-response
+//!   `Responder`, the shapes of every write and read;
+//! - `tail` (live subscriptions as cursors over the log), `gate` (the approval gate),
+//!   `reads` (bounded log reads off the async workers), `tools` (tool calls in flight);
+//! - `outbound` (a connection's bounded send queue), `frames` (the shared frame cache of
+//!   run subscriptions);
 //! - [`app`]: what connections share: the single writer, the notifier, the tokens;
 //! - [`rpc`]: JSON-RPC framing and the one error mapping;
 //! - [`config`], [`tokens`]: flags, environment, token files;
@@ -14,10 +23,14 @@ pub mod cli;
 pub mod config;
 mod connection;
 pub mod daemon;
+mod frames;
 mod gate;
 mod handlers;
 pub mod notify;
+mod outbound;
+mod reads;
 pub mod rpc;
+mod session;
 mod tail;
 pub mod tokens;
 mod tools;

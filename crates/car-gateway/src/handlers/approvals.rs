@@ -10,9 +10,9 @@ use car_projections::state::ApprovalStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::connection::{Responder, Session};
 use crate::gate;
 use crate::rpc::{self, RpcError};
+use crate::session::{Responder, Session};
 
 #[derive(Debug, Deserialize)]
 struct RequestParams {

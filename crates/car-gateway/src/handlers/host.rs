@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::connection::{Responder, Session};
-use crate::handlers::runs::read_blocking;
+use crate::reads::read_blocking;
 use crate::rpc::{self, RpcError};
+use crate::session::{Responder, Session};
 use crate::tail;
 
 /// Host events `host.subscribe` returns with its answer.

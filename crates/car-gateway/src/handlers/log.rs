@@ -7,9 +7,9 @@ use car_projections::decide::{Command, Subscribe, SubscriptionSelector, Unsubscr
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::connection::{Responder, Session};
-use crate::handlers::runs::{MAX_RESPONSE_BYTES, read_blocking};
+use crate::reads::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::{self, RpcError};
+use crate::session::{Responder, Session};
 use crate::tail;
 
 /// `log.read` default and maximum page (PROTOCOL.md §7).

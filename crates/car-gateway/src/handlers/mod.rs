@@ -11,9 +11,9 @@ pub(crate) mod tools;
 
 use serde_json::Value;
 
-use crate::connection::{Deferred, Responder, Session};
 use crate::gate;
 use crate::rpc::RpcError;
+use crate::session::{Deferred, Responder, Session};
 
 /// Methods the gate never holds: a session must be able to authenticate and handshake.
 const NEVER_GATED: [&str; 2] = ["session.auth", "server.handshake"];

@@ -19,9 +19,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::app::App;
-use crate::connection::{Outbound, Responder, Session};
 use crate::gate;
+use crate::outbound::Outbound;
 use crate::rpc::{self, RpcError};
+use crate::session::{Responder, Session};
 use crate::tools::{CallTable, Policy, ToolReply};
 
 /// Extra time a client gets beyond an action's own `timeout_ms` (PROTOCOL.md §4.2).

@@ -14,14 +14,11 @@ use car_projections::{Refusal, Run, RunStatus, State, trace};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::connection::{Responder, Session};
+use crate::reads::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::{self, RpcError};
+use crate::session::{Responder, Session};
 use crate::tail;
 
-/// The largest response `runs.get_trace` and `runs.subscribe` build, in bytes of turn JSON;
-/// past it they stop early and the client pages on with the returned cursor. Keeps every
-/// frame well under the 16 MiB that clients accept by default.
-pub(crate) const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// `runs.list` default and maximum page size (PROTOCOL.md §3.6).
 const DEFAULT_LIST_LIMIT: u64 = 100;
 const MAX_LIST_LIMIT: u64 = 1000;
@@ -239,29 +236,6 @@ pub(crate) async fn get_trace(session: &mut Session, params: Value, responder: R
         let cursor = position.min(run.turn_count as usize + 2) + records.len();
         Ok(json!({"run_id": run.run_id, "agent_id": run.agent_id, "records": records, "cursor": cursor}))
     });
-}
-
-/// Runs a log read off the async workers.
-pub(crate) async fn read_blocking<T, E>(
-    read: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, RpcError>
-where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    match tokio::task::spawn_blocking(read).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => {
-            tracing::error!(%err, "reading the log failed");
-            Err(RpcError::Internal(
-                "internal error: the event log could not be read".into(),
-            ))
-        }
-        Err(err) => {
-            tracing::error!(%err, "a log read panicked");
-            Err(RpcError::Internal("internal error".into()))
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,8 +6,8 @@ use car_projections::decide::{Authenticate, Command};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::connection::{Responder, Session};
 use crate::rpc::{self, RpcError};
+use crate::session::{Responder, Session};
 
 /// The only protocol version spoken.
 pub(crate) const PROTOCOL_VERSION: u64 = 2;

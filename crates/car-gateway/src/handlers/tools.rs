@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::connection::{Responder, Session};
 use crate::rpc::{self, RpcError};
+use crate::session::{Responder, Session};
 use crate::tools::{Policy, Rule, ToolSpec};
 
 #[derive(Debug, Deserialize)]

@@ -344,7 +344,7 @@ async fn handshake_with_another_or_no_version_is_minus_32006() {
     let server = server(&[]).await;
     let mut client = server.auth_host().await;
     for params in [
-        json!({"protocol_version": 3}),
+        json!({"protocol_version": 4}),
         json!({"protocol_version": 1}),
         json!({"protocol_version": "2"}),
         json!({"protocol_version": null}),
@@ -354,7 +354,8 @@ async fn handshake_with_another_or_no_version_is_minus_32006() {
         let err = client.err("server.handshake", params.clone()).await;
         assert_eq!(err.code, -32006, "{params}: {err}");
         assert!(
-            err.message.starts_with("protocol version mismatch: "),
+            err.message
+                .starts_with("protocol version mismatch: server speaks 2 and 3, client sent "),
             "{params}: {err}"
         );
     }
@@ -362,6 +363,64 @@ async fn handshake_with_another_or_no_version_is_minus_32006() {
     assert_eq!(client.err("host.approvals", json!({})).await.code, -32005);
     client.handshake().await;
     client.ok("host.approvals", json!({})).await;
+}
+
+/// PROTOCOL.md §10: version 3 negotiates capabilities; the first success fixes version and
+/// capabilities; an unsupported required capability is -32008 and negotiates nothing.
+#[tokio::test]
+async fn handshake_v3_negotiates_capabilities_and_the_first_success_fixes_them() {
+    let server = server(&[]).await;
+    let mut host = server.auth_host().await;
+    let refused = host
+        .err(
+            "server.handshake",
+            json!({"protocol_version": 3, "required_capabilities": ["runs.teleport.v1"]}),
+        )
+        .await;
+    assert_eq!(refused.code, -32008);
+    assert_eq!(
+        refused.message,
+        "protocol capability mismatch: unsupported required capability 'runs.teleport.v1'"
+    );
+    assert_eq!(host.err("host.approvals", json!({})).await.code, -32005);
+    let bad = host
+        .err(
+            "server.handshake",
+            json!({"protocol_version": 3, "optional_capabilities": [""]}),
+        )
+        .await;
+    assert_eq!(bad.code, -32602);
+
+    let params = json!({
+        "protocol_version": 3,
+        "client_version": "car-py/0.57.0",
+        "required_capabilities": ["infer.model-identity.v1"],
+        "optional_capabilities": ["models.catalog-identity.v1", "something.else.v2"],
+    });
+    let first = host.ok("server.handshake", params).await;
+    assert_eq!(
+        first,
+        json!({
+            "protocol_version": 3,
+            "server_version": first["server_version"],
+            "client_protocol_version": 3,
+            "client_version": "car-py/0.57.0",
+            "negotiated_capabilities": ["infer.model-identity.v1", "models.catalog-identity.v1"],
+        })
+    );
+    host.ok("host.approvals", json!({})).await;
+    let again = host
+        .ok("server.handshake", json!({"protocol_version": 3}))
+        .await;
+    assert_eq!(again, first);
+    let other = host
+        .err("server.handshake", json!({"protocol_version": 2}))
+        .await;
+    assert_eq!(other.code, -32006);
+    assert_eq!(
+        other.message,
+        "protocol version mismatch: session already negotiated version 3"
+    );
 }
 
 #[tokio::test]

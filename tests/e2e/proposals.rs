@@ -786,8 +786,10 @@ async fn a_silent_tool_times_out_gets_tools_cancel_and_its_late_reply_is_ignored
     );
     assert_eq!(cancel["request_id"], call["id"], "{cancel}");
     assert_eq!(cancel["action_id"], "wait", "{cancel}");
-    assert!(
-        cancel["reason"].as_str().is_some_and(|r| !r.is_empty()),
+    // Regression (issue 11): the reason was "timeout"; CAR sends the action's error text,
+    // which clients show.
+    assert_eq!(
+        cancel["reason"], "tool 'sleepy' callback timed out (1s)",
         "{cancel}"
     );
     assert_eq!(cancel.as_object().unwrap().len(), 3, "{cancel}");

@@ -108,6 +108,7 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         client_id,
         authenticated: false,
         handshake: false,
+        protocol: None,
         current_run: None,
         out,
         subscriptions: HashMap::new(),

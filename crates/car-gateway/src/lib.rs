@@ -28,6 +28,7 @@ mod gate;
 mod handlers;
 pub mod notify;
 mod outbound;
+mod protocol;
 mod reads;
 pub mod rpc;
 mod session;

@@ -42,11 +42,17 @@ pub enum RpcError {
     #[error("handler deadline exceeded")]
     Deadline,
     /// `-32005`: `host.*` before `server.handshake`.
-    #[error("protocol handshake required: call server.handshake with protocol_version 2 first")]
+    #[error(
+        "protocol handshake required: call server.handshake with protocol_version 2 or 3 first"
+    )]
     HandshakeRequired,
-    /// `-32006`: a protocol version other than 2.
+    /// `-32006`: a protocol version other than 2 and 3, or another than negotiated.
     #[error("protocol version mismatch: {0}")]
     VersionMismatch(String),
+    /// `-32008`: a capability the server does not support, or the session did not
+    /// negotiate (PROTOCOL.md §10).
+    #[error("protocol capability mismatch: {0}")]
+    CapabilityMismatch(String),
 }
 
 impl RpcError {
@@ -63,6 +69,7 @@ impl RpcError {
             RpcError::Deadline => -32004,
             RpcError::HandshakeRequired => -32005,
             RpcError::VersionMismatch(_) => -32006,
+            RpcError::CapabilityMismatch(_) => -32008,
         }
     }
 

@@ -212,6 +212,8 @@ pub(crate) struct Session {
     pub(crate) authenticated: bool,
     /// Whether `server.handshake` succeeded.
     pub(crate) handshake: bool,
+    /// The version and capabilities it negotiated (`None`: version 2, none).
+    pub(crate) protocol: Option<crate::protocol::Negotiated>,
     /// The run started last by this session (proposal actions are recorded in it).
     pub(crate) current_run: Option<String>,
     /// Where frames go.

@@ -373,14 +373,15 @@ impl Runner {
             }
             None => {
                 self.calls.forget(&request_id);
-                let cancel =
-                    json!({"request_id": request_id, "action_id": action.id, "reason": "timeout"});
-                self.out.notify("tools.cancel", cancel).await;
                 let message = format!(
                     "tool '{}' callback timed out ({})",
                     action.tool,
                     seconds(wait)
                 );
+                // The reason is the action's error text, as CAR sends it (clients show it).
+                let cancel =
+                    json!({"request_id": request_id, "action_id": action.id, "reason": message});
+                self.out.notify("tools.cancel", cancel).await;
                 let waited = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 (
                     ToolCallOutcome::TimedOut { elapsed_ms: waited },

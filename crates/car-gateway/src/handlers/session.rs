@@ -6,11 +6,9 @@ use car_projections::decide::{Authenticate, Command};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::protocol;
 use crate::rpc::{self, RpcError};
 use crate::session::{Responder, Session};
-
-/// The only protocol version spoken.
-pub(crate) const PROTOCOL_VERSION: u64 = 2;
 
 #[derive(Debug, Deserialize)]
 struct AuthParams {
@@ -78,31 +76,18 @@ async fn authenticate(session: &mut Session, params: Value) -> Result<Value, Rpc
     Ok(result)
 }
 
-#[derive(Debug, Deserialize)]
-struct HandshakeParams {
-    protocol_version: Option<Value>,
-    #[allow(dead_code)]
-    client_version: Option<Value>,
-}
-
-/// `server.handshake`.
+/// `server.handshake` (PROTOCOL.md §2.2, §10): see [`crate::protocol`].
 pub(crate) async fn handshake(session: &mut Session, params: Value, responder: Responder) {
-    let result =
-        rpc::parse::<HandshakeParams>(params).and_then(|params| match params.protocol_version {
-            Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION) => {
-                session.handshake = true;
-                Ok(json!({
-                    "protocol_version": PROTOCOL_VERSION,
-                    "server_version": env!("CARGO_PKG_VERSION"),
-                    "client_protocol_version": PROTOCOL_VERSION,
-                }))
-            }
-            Some(other) => Err(RpcError::VersionMismatch(format!(
-                "server speaks {PROTOCOL_VERSION}, client sent {other}"
-            ))),
-            None => Err(RpcError::VersionMismatch(format!(
-                "server speaks {PROTOCOL_VERSION}, client sent no protocol_version"
-            ))),
-        });
+    let negotiated = protocol::negotiate(
+        session.protocol.as_ref(),
+        &params,
+        env!("CARGO_PKG_VERSION"),
+    );
+    let result = negotiated.map(|negotiated| {
+        let answer = negotiated.answer.clone();
+        session.protocol = Some(negotiated);
+        session.handshake = true;
+        answer
+    });
     responder.send(result).await;
 }

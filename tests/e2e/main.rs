@@ -10,6 +10,7 @@
 //! - [`log`]: §7 log.read, log.subscribe, log.unsubscribe;
 //! - [`lifecycle`]: §3.7 and §9: disconnect, restart, crash, graceful stop, the data
 //!   directory lock, retention, the command line, state = replay of the log;
+//! - [`model_turns`]: §14.3 runs.record_model_turn: indices, records, redaction, limits;
 //! - [`tools`]: §4.1 session.init, tools.register, tools.list, policies;
 //! - [`proposals`]: §4.2 proposal.submit with real tool clients: tools.execute, replies,
 //!   timeouts and tools.cancel, disconnects, failure behaviours, turns, the log's record;
@@ -27,6 +28,7 @@ mod disk_full;
 mod host_feed;
 mod lifecycle;
 mod log;
+mod model_turns;
 mod proposals;
 mod runs;
 mod subscriptions;

@@ -199,6 +199,16 @@ impl AdmittedTurns {
         })
     }
 
+    /// One model turn (`runs.record_model_turn`), admitted by
+    /// [`turns::admit_model_turn`]: `None` when it was too large.
+    pub fn model_turn(turn: Option<JsonText>) -> Self {
+        Self {
+            too_large: turn.is_none(),
+            turns: turn.into_iter().collect(),
+            sent: 1,
+        }
+    }
+
     /// How many turns were sent.
     pub fn len(&self) -> usize {
         self.sent

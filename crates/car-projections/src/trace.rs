@@ -67,14 +67,20 @@ pub fn ended_record(run: &Run, end: &RunEnd) -> Value {
 }
 
 /// A `turn` record: `record` and `index` first, the client's fields in their order, then
-/// `recorded_at`.
+/// `recorded_at`. A stored model turn (it carries its own `record`, see [`crate::turns`])
+/// is a `model_turn` record in the same shape.
 pub fn turn_record(index: u32, turn: &JsonText, recorded_at: DateTime<Utc>) -> Value {
     let mut record = Map::new();
-    record.insert("record".into(), Value::from("turn"));
+    let mut fields = match turn.to_value() {
+        Value::Object(fields) => fields,
+        _ => Map::new(),
+    };
+    let kind = fields
+        .shift_remove("record")
+        .unwrap_or_else(|| Value::from("turn"));
+    record.insert("record".into(), kind);
     record.insert("index".into(), Value::from(index));
-    if let Value::Object(fields) = turn.to_value() {
-        record.extend(fields);
-    }
+    record.extend(fields);
     record.insert("recorded_at".into(), Value::from(format_ts(recorded_at)));
     Value::Object(record)
 }

@@ -7,6 +7,12 @@
 //! 2. a turn whose JSON still exceeds [`MAX_TURN_BYTES`] has `prompt`, `parameters` and
 //!    `output` replaced with [`TURN_TOO_LARGE`];
 //! 3. if it is still too large, the turn is refused (and with it the whole batch).
+//!
+//! A model turn (`runs.record_model_turn`, PROTOCOL.md §14.3) is stored like an action turn,
+//! in a `run.turns_recorded` event, so it shares the index sequence, the ceiling and these
+//! rules; its stored object starts with `"record": "model_turn"`, which no client turn can
+//! carry (`record` is a daemon field, dropped from action turns), so the trace renders it
+//! as a `model_turn` record.
 
 use car_events::JsonText;
 use serde_json::{Map, Value};
@@ -25,6 +31,10 @@ pub const TURN_TOO_LARGE: &str = "…[truncated: turn exceeded 256 KiB]";
 const DAEMON_FIELDS: [&str; 3] = ["index", "record", "recorded_at"];
 /// Fields replaced when a turn is too large.
 const LARGE_FIELDS: [&str; 3] = ["prompt", "parameters", "output"];
+/// The `record` of a stored model turn.
+pub const MODEL_TURN: &str = "model_turn";
+/// Fields replaced when a model turn is too large.
+const LARGE_MODEL_FIELDS: [&str; 2] = ["assistant_text", "requested_tool_calls"];
 
 /// Why a turn was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,12 +70,32 @@ pub fn admit(index: usize, turn: &Value) -> Result<JsonText, TurnError> {
     kept.entry("verifier_verdict")
         .or_insert_with(|| Value::String("not_run".into()));
     kept.entry("policy_rejected").or_insert(Value::Bool(false));
+    fit(index, kept, &LARGE_FIELDS)
+}
+
+/// A model turn, its fields in the contract's order (§14.3), as it is stored: `record:
+/// "model_turn"` first, then `turn_index`, `assistant_text`, `requested_tool_calls`,
+/// `model_id`, `token_usage`, `duration_ms`; strings cut and sizes checked as for action
+/// turns. The caller has checked the shapes and redacted credentials.
+pub fn admit_model_turn(fields: Map<String, Value>) -> Result<JsonText, TurnError> {
+    let mut kept = Map::with_capacity(fields.len() + 1);
+    kept.insert("record".into(), Value::from(MODEL_TURN));
+    for (key, value) in &fields {
+        if !DAEMON_FIELDS.contains(&key.as_str()) {
+            kept.insert(key.clone(), truncate_strings(value));
+        }
+    }
+    fit(0, kept, &LARGE_MODEL_FIELDS)
+}
+
+/// A turn's JSON within [`MAX_TURN_BYTES`]: as it is, or with its `large` fields replaced.
+fn fit(index: usize, kept: Map<String, Value>, large: &[&str]) -> Result<JsonText, TurnError> {
     let mut turn = Value::Object(kept);
     let mut text = JsonText::from_value(&turn);
     if text.len() > MAX_TURN_BYTES {
         if let Value::Object(fields) = &mut turn {
-            for field in LARGE_FIELDS {
-                if let Some(value) = fields.get_mut(field) {
+            for field in large {
+                if let Some(value) = fields.get_mut(*field) {
                     *value = Value::String(TURN_TOO_LARGE.into());
                 }
             }
@@ -123,6 +153,62 @@ mod tests {
             text.as_str(),
             r#"{"prompt":"p","tool":"t","parameters":{"b":1,"a":[2]},"extra":null,"verifier_verdict":"not_run","policy_rejected":false}"#
         );
+    }
+
+    #[test]
+    fn a_model_turn_is_stored_with_its_record_first_and_cut_like_any_turn() {
+        let fields = json!({
+            "turn_index": 2,
+            "assistant_text": "x".repeat(MAX_STRING_BYTES + 10),
+            "requested_tool_calls": [{"id": "c1", "name": "search", "arguments": {"q": "rust"}}],
+            "model_id": "m",
+            "token_usage": null,
+            "duration_ms": 5,
+            "record": "turn",
+        });
+        let Value::Object(fields) = fields else {
+            unreachable!()
+        };
+        let text = admit_model_turn(fields).unwrap();
+        let value = text.to_value();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "record",
+                "turn_index",
+                "assistant_text",
+                "requested_tool_calls",
+                "model_id",
+                "token_usage",
+                "duration_ms"
+            ]
+        );
+        assert_eq!(value["record"], MODEL_TURN);
+        let text = value["assistant_text"].as_str().unwrap();
+        assert_eq!(text.len(), MAX_STRING_BYTES);
+        assert!(text.ends_with(TRUNCATED_SUFFIX));
+    }
+
+    #[test]
+    fn a_model_turn_too_large_loses_its_text_and_calls_first() {
+        let calls: Vec<Value> = (0..40)
+            .map(|i| json!({"id": i, "name": "t", "arguments": "y".repeat(10_000)}))
+            .collect();
+        let fields = json!({"turn_index": 1, "assistant_text": "a", "requested_tool_calls": calls,
+                            "model_id": "m", "token_usage": null, "duration_ms": 0});
+        let Value::Object(fields) = fields else {
+            unreachable!()
+        };
+        let value = admit_model_turn(fields).unwrap().to_value();
+        assert_eq!(value["assistant_text"], TURN_TOO_LARGE);
+        assert_eq!(value["requested_tool_calls"], TURN_TOO_LARGE);
+        assert_eq!(value["model_id"], "m");
     }
 
     #[test]

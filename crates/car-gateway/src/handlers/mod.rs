@@ -100,6 +100,7 @@ pub(crate) async fn route(
         "proposal.submit" => proposals::submit(session, params, responder).await,
         "runs.start" => runs::start(session, params, responder).await,
         "runs.record_turns" => runs::record_turns(session, params, responder).await,
+        "runs.record_model_turn" => runs::record_model_turn(session, params, responder).await,
         "runs.complete" => runs::complete(session, params, responder).await,
         "runs.list" => runs::list(session, params, responder).await,
         "runs.get_trace" => runs::get_trace(session, params, responder).await,

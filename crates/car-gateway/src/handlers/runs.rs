@@ -14,9 +14,10 @@ use car_projections::{Refusal, Run, RunStatus, State, trace};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::app::Committed;
 use crate::reads::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::{self, RpcError};
-use crate::session::{Responder, Session};
+use crate::session::{QueuedWrite, Responder, Session};
 use crate::tail;
 
 /// `runs.list` default and maximum page size (PROTOCOL.md §3.6).
@@ -89,33 +90,142 @@ pub(crate) async fn record_turns(session: &mut Session, params: Value, responder
     let queued = async {
         let params: RecordParams = rpc::parse(params)?;
         let turns = AdmittedTurns::admit(&params.turns)?;
-        let command = Command::RecordTurns(RecordTurns {
-            actor: session.actor()?.clone(),
-            run_id: params.run_id.clone(),
-            turns,
-        });
-        let write = session
-            .queue(command, |_, events: &[Event]| match events.first() {
-                Some(Event::TurnsRecorded(e)) => (e.base_index, e.turns.len()),
-                _ => (0, 0),
-            })
-            .await?;
-        Ok((params.run_id, write))
+        queue_turns(session, params.run_id, turns).await
     }
     .await;
-    session.reply_when_durable(responder, queued, |run_id, outcome| async move {
-        match outcome {
-            Ok(done) => {
-                let (base_index, count) = done.out;
-                Ok(json!({"run_id": run_id, "base_index": base_index, "count": count, "ok": true}))
-            }
-            Err(Refusal::Dropped(dropped)) => Ok(json!({
-                "run_id": run_id, "base_index": 0, "count": 0, "ok": false,
-                "dropped": dropped.as_str(),
-            })),
-            Err(refusal) => Err(refusal.into()),
-        }
+    session.reply_when_durable(responder, queued, turns_answer);
+}
+
+/// Queues admitted turns (action or model turns) on a run.
+async fn queue_turns(
+    session: &mut Session,
+    run_id: String,
+    turns: AdmittedTurns,
+) -> Result<(String, QueuedWrite<(u32, usize)>), RpcError> {
+    let command = Command::RecordTurns(RecordTurns {
+        actor: session.actor()?.clone(),
+        run_id: run_id.clone(),
+        turns,
     });
+    let write = session
+        .queue(command, |_, events: &[Event]| match events.first() {
+            Some(Event::TurnsRecorded(e)) => (e.base_index, e.turns.len()),
+            _ => (0, 0),
+        })
+        .await?;
+    Ok((run_id, write))
+}
+
+/// The answer of `runs.record_turns` and `runs.record_model_turn` (§3.3).
+async fn turns_answer(
+    run_id: String,
+    outcome: Result<Committed<(u32, usize)>, Refusal>,
+) -> Result<Value, RpcError> {
+    match outcome {
+        Ok(done) => {
+            let (base_index, count) = done.out;
+            Ok(json!({"run_id": run_id, "base_index": base_index, "count": count, "ok": true}))
+        }
+        Err(Refusal::Dropped(dropped)) => Ok(json!({
+            "run_id": run_id, "base_index": 0, "count": 0, "ok": false,
+            "dropped": dropped.as_str(),
+        })),
+        Err(refusal) => Err(refusal.into()),
+    }
+}
+
+/// What `runs.record_model_turn` takes (§14.3); checked here, stored as sent (in the
+/// contract's field order), credentials redacted.
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)] // read for its checks; the turn is stored from the params as sent
+struct ModelTurnParams {
+    run_id: String,
+    turn_index: u64,
+    assistant_text: String,
+    requested_tool_calls: Vec<RequestedToolCall>,
+    model_id: String,
+    token_usage: Option<TokenUsage>,
+    duration_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct RequestedToolCall {
+    id: String,
+    name: String,
+    arguments: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct TokenUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    context_window: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// The fields of a model turn, in the order its record shows them.
+const MODEL_TURN_FIELDS: [&str; 6] = [
+    "turn_index",
+    "assistant_text",
+    "requested_tool_calls",
+    "model_id",
+    "token_usage",
+    "duration_ms",
+];
+/// What a credential in a model turn's strings is replaced with (§14.3).
+const REDACTED: &str = "[REDACTED]";
+
+/// `runs.record_model_turn` (§14.3): a model's turn, in the run's index sequence.
+pub(crate) async fn record_model_turn(session: &mut Session, params: Value, responder: Responder) {
+    let queued = async {
+        let checked: ModelTurnParams = rpc::parse(params.clone())?;
+        if checked.turn_index < 1 {
+            return Err(RpcError::params("turn_index", "must be at least 1"));
+        }
+        let secrets = [
+            session.app.tokens.auth.expose().to_owned(),
+            session.app.tokens.host.expose().to_owned(),
+        ];
+        let fields: serde_json::Map<String, Value> = MODEL_TURN_FIELDS
+            .iter()
+            .map(|field| {
+                let value = params.get(*field).cloned().unwrap_or(Value::Null);
+                ((*field).to_owned(), redact(value, &secrets))
+            })
+            .collect();
+        let turn = car_projections::turns::admit_model_turn(fields).ok();
+        queue_turns(session, checked.run_id, AdmittedTurns::model_turn(turn)).await
+    }
+    .await;
+    session.reply_when_durable(responder, queued, turns_answer);
+}
+
+/// `value` with every occurrence of a non-empty secret in its strings (keys included)
+/// replaced by [`REDACTED`].
+fn redact(value: Value, secrets: &[String]) -> Value {
+    let scrub = |text: String| {
+        secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .fold(text, |text, secret| text.replace(secret.as_str(), REDACTED))
+    };
+    match value {
+        Value::String(text) => Value::String(scrub(text)),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| redact(v, secrets)).collect())
+        }
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (scrub(k), redact(v, secrets)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 #[derive(Debug, Deserialize)]

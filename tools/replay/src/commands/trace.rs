@@ -228,16 +228,24 @@ fn write_text(
     });
     let mut batches = run.turn_batches.iter().peekable();
     let mut batch_seq = run.started_seq;
-    for record in records.iter().filter(|r| r["record"] == "turn") {
+    for record in records
+        .iter()
+        .filter(|r| r["record"] == "turn" || r["record"] == "model_turn")
+    {
         let index = record["index"].as_u64().unwrap_or(0);
         while let Some(batch) = batches.next_if(|b| u64::from(b.base_index) <= index) {
             batch_seq = batch.seq;
         }
+        let (what, detail) = if record["record"] == "model_turn" {
+            (format!("model turn {index}"), model_turn_detail(record))
+        } else {
+            (format!("turn {index}"), turn_detail(record))
+        };
         lines.push(Line {
             at: parse_ts(&record["recorded_at"]).unwrap_or(run.started_at),
             seq: batch_seq,
-            what: format!("turn {index}"),
-            detail: turn_detail(record),
+            what,
+            detail,
         });
     }
     for env in related {
@@ -341,6 +349,31 @@ fn turn_detail(record: &Value) -> String {
     }
     if record["policy_rejected"] == true {
         parts.push("rejected by policy".into());
+    }
+    parts.join("  ")
+}
+
+/// A model turn (§14.3): the model, its text, the tools it asked for, tokens, time.
+fn model_turn_detail(record: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(model) = record["model_id"].as_str() {
+        parts.push(format!("model {model}"));
+    }
+    if let Some(text) = record.get("assistant_text").filter(|t| !t.is_null()) {
+        parts.push(format!("{:?}", short(text)));
+    }
+    let calls: Vec<&str> = record["requested_tool_calls"]
+        .as_array()
+        .map(|calls| calls.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    if !calls.is_empty() {
+        parts.push(format!("asks {}", calls.join(", ")));
+    }
+    if let Some(total) = record["token_usage"]["total_tokens"].as_u64() {
+        parts.push(format!("{total} tokens"));
+    }
+    if let Some(ms) = record["duration_ms"].as_u64() {
+        parts.push(duration(chrono::TimeDelta::milliseconds(ms as i64)));
     }
     parts.join("  ")
 }

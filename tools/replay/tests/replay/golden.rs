@@ -370,3 +370,94 @@ fn stats_count_kinds_runs_and_turns() {
         "{text}"
     );
 }
+
+/// `trace` shows a model turn (`runs.record_model_turn`, §14.3) in its place among the
+/// action turns: JSON as the daemon serves it, a text line naming the model.
+#[test]
+fn trace_shows_model_turns_among_the_turns() {
+    use car_events::event::{
+        DaemonStarted, Role, RunStarted, SessionAuthenticated, SessionOpened, TurnsRecorded,
+    };
+    use car_events::{Envelope, Event, JsonText, SCHEMA_VERSION};
+    let at = |seq: u64| {
+        chrono::DateTime::from_timestamp_millis(1_764_000_000_000 + 1000 * seq as i64).unwrap()
+    };
+    let events: Vec<Event> = vec![
+        Event::DaemonStarted(DaemonStarted {
+            version: "0.1.0".into(),
+            pid: 1,
+            data_dir: "/d".into(),
+            listen: "127.0.0.1:9100".into(),
+        }),
+        Event::SessionOpened(SessionOpened {
+            client_id: "c1".into(),
+            peer: "127.0.0.1:1".into(),
+            role: None,
+            agent_id: None,
+        }),
+        Event::SessionAuthenticated(SessionAuthenticated {
+            client_id: "c1".into(),
+            role: Role::Agent,
+            agent_id: Some("a1".into()),
+        }),
+        Event::RunStarted(RunStarted {
+            run_id: "run-m".into(),
+            agent_id: "a1".into(),
+            client_id: Some("c1".into()),
+            intent: "think".into(),
+            outcome_description: None,
+            idempotency_key: None,
+        }),
+        Event::TurnsRecorded(TurnsRecorded {
+            run_id: "run-m".into(),
+            base_index: 0,
+            turns: vec![JsonText::from(
+                json!({"prompt": "p", "tool": "search", "verifier_verdict": "not_run", "policy_rejected": false}),
+            )],
+        }),
+        Event::TurnsRecorded(TurnsRecorded {
+            run_id: "run-m".into(),
+            base_index: 1,
+            turns: vec![JsonText::from(json!({
+                "record": "model_turn", "turn_index": 1, "assistant_text": "let me look",
+                "requested_tool_calls": [{"id": "c", "name": "grep", "arguments": {}}],
+                "model_id": "claude-test", "token_usage": {"total_tokens": 42}, "duration_ms": 1500,
+            }))],
+        }),
+    ];
+    let envelopes: Vec<Envelope> = events
+        .into_iter()
+        .zip(1..)
+        .map(|(event, seq)| Envelope {
+            seq,
+            event_id: uuid::Uuid::from_u128(u128::from(seq)),
+            ts: at(seq),
+            schema_version: SCHEMA_VERSION,
+            event,
+        })
+        .collect();
+    let data = DataDir::with_envelopes(&envelopes);
+    let traced = data.run(&["trace", "run-m", "--json"]).expect(0).json();
+    let kinds: Vec<&str> = traced["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["started", "turn", "model_turn"]);
+    assert_eq!(traced["records"][2]["index"], 1);
+    assert_eq!(traced["records"][2]["model_id"], "claude-test");
+    let text = data.run(&["trace", "run-m"]).expect(0).stdout;
+    let line = text
+        .lines()
+        .find(|l| l.contains("model turn 1"))
+        .unwrap_or_else(|| panic!("no model turn line in:\n{text}"));
+    for part in [
+        "model claude-test",
+        "\"let me look\"",
+        "asks grep",
+        "42 tokens",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+}

@@ -42,6 +42,9 @@ pub(crate) fn negotiate(
     params: &Value,
     server_version: &str,
 ) -> Result<Negotiated, RpcError> {
+    if !params.is_object() {
+        return Err(RpcError::params("params", "expected an object"));
+    }
     let asked = params.get("protocol_version").unwrap_or(&Value::Null);
     let version = asked
         .as_u64()
@@ -217,6 +220,17 @@ mod tests {
                 assert_eq!(e.code(), -32602, "{field}: {bad}");
                 assert!(e.to_string().contains(field), "{e}");
             }
+        }
+    }
+
+    /// Regression: params that are not an object were answered -32006 (no version found)
+    /// instead of -32602 naming `params`, as every other method answers them.
+    #[test]
+    fn params_that_are_not_an_object_are_minus_32602() {
+        for params in [json!([2]), json!("x"), json!(3)] {
+            let e = err(None, params.clone());
+            assert_eq!(e.code(), -32602, "{params}");
+            assert!(e.to_string().contains("params"), "{e}");
         }
     }
 

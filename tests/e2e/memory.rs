@@ -286,6 +286,20 @@ async fn every_limit_has_its_exact_message_and_changes_nothing() {
         .await;
     assert_eq!(client.ok("memory.fact_count", json!({})).await, 1);
     assert_eq!(memory_events(&server).await.len(), 1);
+    // CAR's skill methods and its other memory methods are not offered (§11.2)
+    for method in [
+        "skill.ingest",
+        "skill.find",
+        "skill.report",
+        "skills.list",
+        "memory.graph",
+    ] {
+        let err = client.err(method, json!({})).await;
+        assert_eq!(
+            (err.code, err.message),
+            (-32601, format!("unknown method: {method}"))
+        );
+    }
 }
 
 #[tokio::test]

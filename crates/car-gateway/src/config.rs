@@ -298,6 +298,17 @@ mod tests {
     }
 
     #[test]
+    fn memory_max_facts_defaults_to_100000_and_must_be_positive() {
+        let config = Config::from_cli(Cli::parse_from(["car-server", "--data-dir", "/x"])).unwrap();
+        assert_eq!(config.memory_max_facts, 100_000);
+        assert_eq!(config.memory_dir(), PathBuf::from("/x/memory"));
+        let cli = Cli::parse_from(["car-server", "--memory-max-facts", "7", "--data-dir", "/x"]);
+        assert_eq!(Config::from_cli(cli).unwrap().memory_max_facts, 7);
+        let cli = Cli::parse_from(["car-server", "--memory-max-facts", "0", "--data-dir", "/x"]);
+        assert!(Config::from_cli(cli).is_err());
+    }
+
+    #[test]
     fn approval_methods_replace_the_default_set() {
         let cli = Cli::parse_from([
             "car-server",

@@ -18,7 +18,9 @@
 //! - [`host_feed`]: §6 host.subscribe, host.event, host.events;
 //! - [`cookbook`]: the CAR cookbook flow as an unmodified old client runs it;
 //! - [`data_dir`]: start-up order of the token files and the port, the directory's modes;
-//! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery.
+//! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery;
+//! - [`memory`]: §11 memory: every method, limit and scope, the persist/load sandbox, the
+//!   cookbook flow across a SIGKILL.
 
 mod approvals;
 mod auth;
@@ -28,6 +30,7 @@ mod disk_full;
 mod host_feed;
 mod lifecycle;
 mod log;
+mod memory;
 mod model_turns;
 mod proposals;
 mod runs;

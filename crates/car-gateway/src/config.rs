@@ -108,6 +108,11 @@ pub struct Cli {
     /// Close a connection that has not authenticated after this long, in milliseconds.
     #[arg(long, hide = true, default_value_t = DEFAULT_AUTH_TIMEOUT_MS)]
     pub auth_timeout_ms: u64,
+
+    /// Most live memory facts per scope (PROTOCOL.md §11.1); `memory.add_fact` past it is
+    /// refused, and `memory.load` of a larger file too.
+    #[arg(long, value_name = "N", default_value_t = car_projections::memory::decide::DEFAULT_MAX_FACTS)]
+    pub memory_max_facts: usize,
 }
 
 /// The daemon's configuration, resolved.
@@ -148,6 +153,8 @@ pub struct Config {
     /// A request still unanswered after this long gets `-32004` (calls that wait for
     /// people or tools by design, like proposals and approvals, have their own timeouts).
     pub handler_deadline: Duration,
+    /// Most live memory facts per scope (`--memory-max-facts`, PROTOCOL.md §18).
+    pub memory_max_facts: usize,
 }
 
 impl Config {
@@ -174,6 +181,7 @@ impl Config {
             disconnect_grace: Duration::from_millis(250),
             auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
+            memory_max_facts: car_projections::memory::decide::DEFAULT_MAX_FACTS,
         }
     }
 
@@ -192,6 +200,9 @@ impl Config {
         }
         if cli.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if cli.memory_max_facts == 0 {
+            return Err("--memory-max-facts must be at least 1".into());
         }
         if cli.gc_interval == 0 {
             return Err("--gc-interval must be at least 1 second".into());
@@ -225,12 +236,19 @@ impl Config {
         config.idle_timeout = Duration::from_millis(cli.idle_timeout_ms.max(1));
         config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
         config.auth_timeout = Duration::from_millis(cli.auth_timeout_ms.max(1));
+        config.memory_max_facts = cli.memory_max_facts;
         Ok(config)
     }
 
     /// The directory of the event log inside the data directory.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("log")
+    }
+
+    /// The sandbox of `memory.persist` and `memory.load` inside the data directory
+    /// (PROTOCOL.md §11.2, §18: `DATA_DIR/memory/`, 0700).
+    pub fn memory_dir(&self) -> PathBuf {
+        self.data_dir.join("memory")
     }
 }
 
@@ -276,6 +294,17 @@ mod tests {
             "[::1]:1234"
         );
         let cli = Cli::parse_from(["car-server", "--listen", "nope", "--data-dir", "/x"]);
+        assert!(Config::from_cli(cli).is_err());
+    }
+
+    #[test]
+    fn memory_max_facts_defaults_to_100000_and_must_be_positive() {
+        let config = Config::from_cli(Cli::parse_from(["car-server", "--data-dir", "/x"])).unwrap();
+        assert_eq!(config.memory_max_facts, 100_000);
+        assert_eq!(config.memory_dir(), PathBuf::from("/x/memory"));
+        let cli = Cli::parse_from(["car-server", "--memory-max-facts", "7", "--data-dir", "/x"]);
+        assert_eq!(Config::from_cli(cli).unwrap().memory_max_facts, 7);
+        let cli = Cli::parse_from(["car-server", "--memory-max-facts", "0", "--data-dir", "/x"]);
         assert!(Config::from_cli(cli).is_err());
     }
 

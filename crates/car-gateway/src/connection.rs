@@ -26,6 +26,7 @@ use std::sync::Arc;
 use car_events::event::Role;
 use car_projections::Actor;
 use car_projections::decide::{CloseSession, Command, EndAbandonedRuns, OpenSession};
+use car_projections::memory::Scope;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -116,6 +117,7 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         tools: ToolSession::default(),
         closing: CancellationToken::new(),
         unrecorded,
+        memory_scope: Scope::Shared,
     };
     let reason = read_loop(&mut session, stream, approved).await;
     end_session(session, reason).await;

@@ -127,7 +127,8 @@ impl Daemon {
         let started = Instant::now();
         let data_dir = config.data_dir.clone();
         let log_dir = config.log_dir();
-        for dir in [&data_dir, &log_dir] {
+        let memory_dir = config.memory_dir();
+        for dir in [&data_dir, &log_dir, &memory_dir] {
             owner_only_dir(dir).map_err(|source| StartError::DataDir {
                 dir: dir.clone(),
                 source,

@@ -10,7 +10,8 @@
 //! - `session`: what a handler works with: its [`Session`](session), the one-response
 //!   `Responder`, the shapes of every write and read;
 //! - `tail` (live subscriptions as cursors over the log), `gate` (the approval gate),
-//!   `reads` (bounded log reads off the async workers), `tools` (tool calls in flight);
+//!   `reads` (bounded log reads off the async workers), `tools` (tool calls in flight),
+//!   `sandbox` (the memory directory of `memory.persist`/`memory.load`);
 //! - `outbound` (a connection's bounded send queue), `frames` (the shared frame cache of
 //!   run subscriptions);
 //! - [`app`]: what connections share: the single writer, the notifier, the tokens;
@@ -31,6 +32,7 @@ mod outbound;
 mod protocol;
 mod reads;
 pub mod rpc;
+mod sandbox;
 mod session;
 mod tail;
 pub mod tokens;

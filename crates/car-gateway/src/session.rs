@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use car_events::event::Event;
+use car_projections::memory::Scope;
 use car_projections::{Actor, Command, Refusal, State};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -232,6 +233,9 @@ pub(crate) struct Session {
     /// take when they happened (a full disk), in order: written before its first write, so
     /// that a session can connect and read while no write is possible.
     pub(crate) unrecorded: Vec<Command>,
+    /// The memory scope `memory.*` works on (PROTOCOL.md §11.1): `ns:<memory_namespace>`
+    /// if `session.auth` gave one, else `agent:<agent_id>` if agent-bound, else `shared`.
+    pub(crate) memory_scope: Scope,
 }
 
 impl Session {

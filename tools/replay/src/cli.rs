@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use car_events::{Event, Seq};
 use car_projections::RunStatus;
+use car_projections::memory::Scope;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -60,7 +61,18 @@ pub enum Command {
     /// Events by kind, runs by status, turns per run, size on disk.
     #[command(after_help = EXIT_CODES_HELP)]
     Stats(StatsArgs),
+    /// Show a memory scope's live facts as they were at a seq, or list every scope.
+    #[command(after_help = MEMORY_HELP)]
+    Memory(MemoryArgs),
 }
+
+const MEMORY_HELP: &str = "\
+Scopes are `shared` (clients, hosts, MCP), `ns:<namespace>` (sessions that gave a
+memory_namespace) and `agent:<agent_id>` (agent-bound sessions without one). The facts
+are the scope's live facts in log order, each with the seq of the event that added (or
+loaded) it. `car-replay events --kind 'memory.*' --scope S` shows the events themselves.
+
+Exit codes: see `car-replay --help`; 5 when --at is past the end of the log.";
 
 const TRACE_HELP: &str = "\
 What belongs to a run:
@@ -179,6 +191,33 @@ pub struct EventsArgs {
     /// Only what belongs to this session (client id).
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
+    /// Only memory events of this scope (`shared`, `ns:<namespace>`, `agent:<agent_id>`).
+    #[arg(long, value_name = "SCOPE", value_parser = parse_scope)]
+    pub scope: Option<Scope>,
+}
+
+/// `memory`.
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// The scope: `shared`, `ns:<namespace>` or `agent:<agent_id>`.
+    #[arg(long, value_name = "SCOPE", value_parser = parse_scope, default_value = "shared")]
+    pub scope: Scope,
+    /// The seq to stop at [default: the end of the log]; 0 is before any memory.
+    #[arg(long, value_name = "SEQ")]
+    pub at: Option<Seq>,
+    /// List every scope ever written, with its live fact count, instead of one scope's
+    /// facts.
+    #[arg(long, conflicts_with = "scope")]
+    pub scopes: bool,
+    /// JSON: `{seq, ts, scope, written, fact_count, facts: [{fact_id, subject, body, kind,
+    /// tags, source, created_at, seq}]}`; with --scopes `{seq, ts, scopes: [{scope,
+    /// fact_count}]}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    Scope::parse(text.trim()).map_err(|err| err.to_string())
 }
 
 /// `state`.
@@ -284,6 +323,22 @@ mod tests {
         assert!(prefix.matches("tool_call.failed") && !prefix.matches("run.started"));
         assert!(parse_kind("run.exploded").is_err());
         assert!(parse_kind("nothing.*").is_err());
+        assert!(
+            parse_kind("memory.*")
+                .unwrap()
+                .matches("memory.scope_loaded")
+        );
+    }
+
+    #[test]
+    fn scopes_are_parsed_as_the_daemon_writes_them() {
+        assert_eq!(parse_scope("shared").unwrap(), Scope::Shared);
+        assert_eq!(
+            parse_scope("ns:team-alpha").unwrap(),
+            Scope::Namespace("team-alpha".into())
+        );
+        assert!(parse_scope("global").is_err());
+        assert!(parse_scope("agent:").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub(crate) mod approvals;
 pub(crate) mod host;
 pub(crate) mod log;
+pub(crate) mod memory;
 pub(crate) mod proposals;
 pub(crate) mod runs;
 pub(crate) mod session;
@@ -19,7 +20,7 @@ use crate::session::{Deferred, Responder, Session};
 const NEVER_GATED: [&str; 2] = ["session.auth", "server.handshake"];
 /// Methods that never write: they run even while the session's own events wait for the
 /// log (see `Session::unrecorded`). Every other method may write, so it first records them.
-const READ_ONLY: [&str; 9] = [
+const READ_ONLY: [&str; 12] = [
     "session.auth",
     "server.handshake",
     "tools.list",
@@ -29,6 +30,9 @@ const READ_ONLY: [&str; 9] = [
     "host.await_approval",
     "host.events",
     "log.read",
+    "memory.query",
+    "memory.build_context",
+    "memory.fact_count",
 ];
 
 /// Answers one call.
@@ -115,6 +119,14 @@ pub(crate) async fn route(
         "log.read" => log::read(session, params, responder).await,
         "log.subscribe" => log::subscribe(session, params, responder).await,
         "log.unsubscribe" => log::unsubscribe(session, params, responder).await,
+        "memory.add_fact" => memory::add_fact(session, params, responder).await,
+        "memory.query" => memory::query(session, params, responder).await,
+        "memory.build_context" => memory::build_context(session, params, responder).await,
+        "memory.fact_count" => memory::fact_count(session, params, responder).await,
+        "memory.delete" => memory::delete(session, params, responder).await,
+        "memory.persist" => memory::persist(session, params, responder).await,
+        "memory.load" => memory::load(session, params, responder).await,
+        "memory.consolidate" => memory::consolidate(session, params, responder).await,
         other => {
             responder
                 .send(Err(RpcError::MethodNotFound(other.to_owned())))

@@ -3,6 +3,8 @@
 use car_events::event::Role;
 use car_projections::Actor;
 use car_projections::decide::{Authenticate, Command};
+use car_projections::memory::Scope;
+use car_projections::memory::scope::ScopeError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -15,6 +17,8 @@ struct AuthParams {
     token: Option<String>,
     agent_id: Option<String>,
     host_token: Option<String>,
+    /// The memory graph of this session (PROTOCOL.md §11.1), on every form.
+    memory_namespace: Option<String>,
 }
 
 /// `session.auth`.
@@ -28,6 +32,15 @@ async fn authenticate(session: &mut Session, params: Value) -> Result<Value, Rpc
         return Err(RpcError::InvalidRequest("already authenticated".into()));
     }
     let params: AuthParams = rpc::parse(params)?;
+    if let Some(namespace) = &params.memory_namespace {
+        Scope::check_namespace(namespace).map_err(|err| {
+            let reason = match err {
+                ScopeError::Namespace(reason) => reason.to_owned(),
+                other => other.to_string(),
+            };
+            RpcError::params("memory_namespace", reason)
+        })?;
+    }
     let app = session.app.clone();
     let auth_enabled = app.config.auth;
     let agent_id = params.agent_id.filter(|a| !a.trim().is_empty());
@@ -69,9 +82,14 @@ async fn authenticate(session: &mut Session, params: Value) -> Result<Value, Rpc
     actor.unrestricted = !auth_enabled;
     session.actor = Some(actor);
     session.authenticated = true;
+    session.memory_scope =
+        Scope::for_session(params.memory_namespace.as_deref(), agent_id.as_deref());
     let mut result = json!({"ok": true, "auth_enabled": auth_enabled, "role": role.as_str()});
     if let Some(agent_id) = agent_id {
         result["agent_id"] = Value::from(agent_id);
+    }
+    if let Some(namespace) = params.memory_namespace {
+        result["memory_namespace"] = Value::from(namespace);
     }
     Ok(result)
 }

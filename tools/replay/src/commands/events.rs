@@ -67,6 +67,7 @@ pub fn run(log: &OpenLog, context: &Context, args: &EventsArgs) -> Result<Exit, 
         since: args.since,
         until: args.until,
         kinds: &args.kind,
+        scope: args.scope.as_ref().map(|s| s.as_key()),
     };
     let progress = Progress::new(
         to.min(head).saturating_sub(scan_from - 1),
@@ -186,6 +187,8 @@ struct EventFilter<'a> {
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     kinds: &'a [KindFilter],
+    /// Only memory events of this scope (its text form).
+    scope: Option<String>,
 }
 
 impl EventFilter<'_> {
@@ -195,6 +198,10 @@ impl EventFilter<'_> {
             && self.since.is_none_or(|since| env.ts >= since)
             && self.until.is_none_or(|until| env.ts < until)
             && (self.kinds.is_empty() || self.kinds.iter().any(|k| k.matches(env.event.kind())))
+            && self
+                .scope
+                .as_deref()
+                .is_none_or(|scope| env.event.memory_scope() == Some(scope))
     }
 }
 

@@ -3,6 +3,7 @@
 //! anything that stops it early is an [`Error`].
 
 pub mod events;
+pub mod memory;
 pub mod runs;
 pub mod state;
 pub mod stats;
@@ -71,6 +72,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::State(args) => state::run(&log, &context, &args),
         Command::Verify(args) => verify::run(&log, &context, &args),
         Command::Stats(args) => stats::run(&log, &context, &args),
+        Command::Memory(args) => memory::run(&log, &context, &args),
     };
     leak(log);
     result

@@ -19,7 +19,21 @@ const FORMAT_MARKER: &[u8] = b"car-event-log/1";
 
 /// The golden fixture of car-events: each record as a `u32` LE length and the bytes.
 pub(crate) fn golden_records() -> Vec<(Seq, Vec<u8>)> {
-    let bytes = std::fs::read(car_events_fixture("golden-v1.records")).unwrap();
+    golden_records_of(1)
+}
+
+/// The golden-v2 fixture of car-events (21 events, among them every memory kind).
+pub(crate) fn golden_v2_records() -> Vec<(Seq, Vec<u8>)> {
+    golden_records_of(2)
+}
+
+/// The golden-v2 fixture's JSON rendering, one line per record.
+pub(crate) fn golden_v2_jsonl() -> String {
+    std::fs::read_to_string(car_events_fixture("golden-v2.jsonl")).unwrap()
+}
+
+fn golden_records_of(version: u32) -> Vec<(Seq, Vec<u8>)> {
+    let bytes = std::fs::read(car_events_fixture(&format!("golden-v{version}.records"))).unwrap();
     let mut records = Vec::new();
     let mut rest = bytes.as_slice();
     while !rest.is_empty() {
@@ -68,6 +82,11 @@ impl DataDir {
     /// A data directory holding the golden log.
     pub(crate) fn golden() -> Self {
         Self::with_records(&golden_records())
+    }
+
+    /// A data directory holding the golden-v2 log (memory events).
+    pub(crate) fn golden_v2() -> Self {
+        Self::with_records(&golden_v2_records())
     }
 
     /// A data directory holding `envelopes`, encoded.

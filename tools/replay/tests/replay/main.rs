@@ -6,3 +6,4 @@ mod daemon;
 mod damage;
 mod fixtures;
 mod golden;
+mod memory;

@@ -17,7 +17,8 @@
 //! - [`host_feed`]: §6 host.subscribe, host.event, host.events;
 //! - [`cookbook`]: the CAR cookbook flow as an unmodified old client runs it;
 //! - [`data_dir`]: start-up order of the token files and the port, the directory's modes;
-//! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery.
+//! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery;
+//! - [`mcp`]: §16 the MCP endpoint over raw HTTP and through the official Python SDK.
 
 mod approvals;
 mod auth;
@@ -27,6 +28,7 @@ mod disk_full;
 mod host_feed;
 mod lifecycle;
 mod log;
+mod mcp;
 mod proposals;
 mod runs;
 mod subscriptions;

@@ -6,8 +6,9 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 
+use car_gateway::http::Bind;
 use car_tests::http::{McpClient, request};
-use car_tests::{Client, Server};
+use car_tests::{Client, InProcessServer, Server};
 use serde_json::{Value, json};
 
 use super::builder;
@@ -839,10 +840,7 @@ async fn an_explicit_mcp_address_that_is_taken_exits_2() {
 async fn a_taken_default_address_is_skipped_with_a_warning() {
     // Hold the default port (if something else already holds it, it is taken all the same).
     let default = car_gateway::config::DEFAULT_MCP_BIND;
-    let _held = TcpListener::bind(default);
-    if TcpListener::bind(default).is_ok() {
-        panic!("{default} is free although it was just bound");
-    }
+    let _held = TcpListener::bind(default).ok();
     let server = builder()
         .mcp_default_address()
         .spawn()
@@ -880,6 +878,29 @@ async fn mcp_disabled_opens_no_listener_and_a_stop_with_mcp_on_is_clean() {
         request(addr, "GET", "/mcp/health", &[], "").await.is_err(),
         "closed after the stop"
     );
+}
+
+#[tokio::test]
+async fn in_process_with_mcp_the_stopped_state_is_the_replay_of_the_log() {
+    let server = InProcessServer::start(|config| {
+        config.mcp_bind = Bind::Explicit(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await
+    .unwrap();
+    let mut mcp = McpClient::new(server.mcp_addr(), &server.auth_token);
+    mcp.initialize("2025-11-25").await.unwrap();
+    mcp.tool(
+        "memory_add_fact",
+        json!({"subject": "s", "body": "b", "kind": "identity"}),
+    )
+    .await;
+    mcp.tool("memory_add_fact", json!({"subject": "t", "body": "c"}))
+        .await;
+    mcp.tool("memory_delete", json!({"id": "mcp-2"})).await;
+    let data = server.data_dir().clone();
+    let stopped = server.stop().await.unwrap();
+    let (head, digest) = car_tests::replay_digest(data.path()).unwrap();
+    assert_eq!((head, digest), (stopped.head, stopped.digest));
 }
 
 /// The official MCP Python SDK's streamable HTTP client against the daemon: list the tools,

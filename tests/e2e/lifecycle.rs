@@ -508,6 +508,8 @@ async fn help_lists_the_flags_and_exits_0() {
         "--gc-interval",
         "--max-message-bytes",
         "--max-connections",
+        "--mcp-bind",
+        "--memory-max-facts",
     ] {
         assert!(
             stdout.contains(flag),

@@ -20,7 +20,8 @@
 //! - [`data_dir`]: start-up order of the token files and the port, the directory's modes;
 //! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery;
 //! - [`memory`]: §11 memory: every method, limit and scope, the persist/load sandbox, the
-//!   cookbook flow across a SIGKILL.
+//!   cookbook flow across a SIGKILL;
+//! - [`mcp`]: §16 the MCP endpoint over raw HTTP and through the official Python SDK.
 
 mod approvals;
 mod auth;
@@ -30,6 +31,7 @@ mod disk_full;
 mod host_feed;
 mod lifecycle;
 mod log;
+mod mcp;
 mod memory;
 mod model_turns;
 mod proposals;

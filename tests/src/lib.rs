@@ -25,6 +25,7 @@
 //! event, the server's exit. Every wait is bounded by [`WAIT`], which only turns a hang into
 //! a test failure; nothing here sleeps to let something happen.
 
+pub mod http;
 pub mod load;
 
 use std::collections::VecDeque;
@@ -62,8 +63,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// Environment variables of the daemon that the tests and the load drivers control
 /// explicitly; a developer's own settings (a data directory, a fixed token, auth switched
 /// off) must not leak into a test or change what is measured.
-pub const DAEMON_ENV: [&str; 6] = [
+pub const DAEMON_ENV: [&str; 7] = [
     "CAR_HOME",
+    "CAR_MCP_BIND",
     "CAR_AUTH_TOKEN",
     "CAR_NO_AUTH",
     "CAR_NO_APPROVALS",
@@ -73,6 +75,8 @@ pub const DAEMON_ENV: [&str; 6] = [
 
 /// The marker of the daemon's start-up line: `car-server <v> listening on ws://ADDR/`.
 const LISTEN_MARKER: &str = "listening on ws://";
+/// The marker of the MCP start-up line: `mcp: http://ADDR/mcp` or `mcp: disabled`.
+const MCP_MARKER: &str = "mcp: ";
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -671,6 +675,8 @@ pub fn outcome(response: &Value) -> Result<Value, RpcError> {
 pub struct Endpoint {
     /// The listen address.
     pub addr: SocketAddr,
+    /// The MCP endpoint's address, when it is on.
+    pub mcp: Option<SocketAddr>,
     /// The daemon token (`auth-token`).
     pub auth_token: String,
     /// The host token (`host-token`).
@@ -678,7 +684,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn read(addr: SocketAddr, data_dir: &Path) -> anyhow::Result<Self> {
+    fn read(addr: SocketAddr, mcp: Option<SocketAddr>, data_dir: &Path) -> anyhow::Result<Self> {
         let read = |name: &str| {
             let path = data_dir.join(name);
             car_gateway::tokens::read_token(&path)
@@ -686,6 +692,7 @@ impl Endpoint {
         };
         Ok(Self {
             addr,
+            mcp,
             auth_token: read(car_gateway::tokens::AUTH_TOKEN_FILE)?,
             host_token: read(car_gateway::tokens::HOST_TOKEN_FILE)?,
         })
@@ -694,6 +701,13 @@ impl Endpoint {
     /// `ws://ADDR/`.
     pub fn url(&self) -> String {
         format!("ws://{}/", self.addr)
+    }
+
+    /// The MCP endpoint's address. Panics when MCP is off (start the daemon with
+    /// [`ServerBuilder::mcp`], or set `config.mcp_bind` in process).
+    pub fn mcp_addr(&self) -> SocketAddr {
+        self.mcp
+            .expect("MCP is off for this daemon: start it with ServerBuilder::mcp()")
     }
 
     /// A new, unauthenticated connection.
@@ -838,6 +852,18 @@ pub struct ServerBuilder {
     envs: Vec<(OsString, OsString)>,
     data: Option<DataDir>,
     data_via_env: bool,
+    mcp: McpMode,
+}
+
+/// How a spawned daemon's MCP endpoint is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum McpMode {
+    /// `--mcp-bind disabled`.
+    Off,
+    /// `--mcp-bind 127.0.0.1:0`.
+    Loopback,
+    /// No flag: the default address.
+    Default,
 }
 
 impl ServerBuilder {
@@ -849,10 +875,27 @@ impl ServerBuilder {
             envs: Vec::new(),
             data: None,
             data_via_env: false,
+            mcp: McpMode::Off,
         }
     }
 
-    /// Adds command-line arguments (after `--port 0 --data-dir DIR`).
+    /// Turns the MCP endpoint on, on a free loopback port (`--mcp-bind 127.0.0.1:0`; see
+    /// [`Endpoint::mcp_addr`]). Without it the daemon runs with `--mcp-bind disabled`
+    /// (unless the arguments give `--mcp-bind`): tests run in parallel, and MCP's default
+    /// port is one for all of them.
+    pub fn mcp(mut self) -> Self {
+        self.mcp = McpMode::Loopback;
+        self
+    }
+
+    /// Leaves `--mcp-bind` out: MCP on its default address (for the one test of a taken
+    /// default; any other test would race the rest for that port).
+    pub fn mcp_default_address(mut self) -> Self {
+        self.mcp = McpMode::Default;
+        self
+    }
+
+    /// Adds command-line arguments (after `--port 0 --data-dir DIR [--mcp-bind …]`).
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -885,7 +928,7 @@ impl ServerBuilder {
     pub async fn spawn(self) -> anyhow::Result<Server> {
         let data = self.data.clone().unwrap_or_default();
         let launched = launch(&self, &data).await?;
-        let endpoint = Endpoint::read(launched.addr, data.path())?;
+        let endpoint = Endpoint::read(launched.addr, launched.mcp, data.path())?;
         Ok(Server {
             builder: self,
             data,
@@ -933,6 +976,7 @@ struct Launched {
     child: Child,
     pid: u32,
     addr: SocketAddr,
+    mcp: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
     stderr_done: JoinHandle<()>,
 }
@@ -945,6 +989,16 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
     } else {
         command.arg("--data-dir").arg(data.path());
     }
+    if !builder.args.iter().any(|a| a == "--mcp-bind") {
+        let bind = match builder.mcp {
+            McpMode::Off => Some("disabled"),
+            McpMode::Loopback => Some("127.0.0.1:0"),
+            McpMode::Default => None,
+        };
+        if let Some(bind) = bind {
+            command.arg("--mcp-bind").arg(bind);
+        }
+    }
     command.args(&builder.args);
     let mut child = command
         .spawn()
@@ -954,24 +1008,32 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
     let lines = Arc::new(Mutex::new(Vec::new()));
     let (listening, listen_line) = oneshot::channel();
     // Reads stderr for the daemon's whole life (a full pipe would block its logging).
+    // Start-up is over once both the listen line and the MCP line were printed.
     let stderr_done = tokio::spawn({
         let lines = lines.clone();
         async move {
             let mut listening = Some(listening);
+            let (mut ws, mut mcp) = (None, None);
             let mut reader = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 let line = strip_ansi(&line);
                 if let Some(addr) = parse_listen_line(&line) {
+                    ws = ws.or(Some(addr));
+                }
+                if let Some(addr) = parse_mcp_line(&line) {
+                    mcp = mcp.or(Some(addr));
+                }
+                if let (Some(ws), Some(mcp)) = (ws, mcp) {
                     if let Some(tx) = listening.take() {
-                        let _ = tx.send(addr);
+                        let _ = tx.send((ws, mcp));
                     }
                 }
                 lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         }
     });
-    let addr = match tokio::time::timeout(WAIT, listen_line).await {
-        Ok(Ok(addr)) => addr,
+    let (addr, mcp) = match tokio::time::timeout(WAIT, listen_line).await {
+        Ok(Ok(addrs)) => addrs,
         outcome => {
             let status = match outcome {
                 Ok(Err(_)) => tokio::time::timeout(WAIT, child.wait()).await.ok(),
@@ -980,7 +1042,7 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
             let _ = child.start_kill();
             let stderr = lines.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
             bail!(
-                "the daemon did not report its listen address (exit: {status:?}); stderr:\n{stderr}"
+                "the daemon did not report its listen addresses (exit: {status:?}); stderr:\n{stderr}"
             );
         }
     };
@@ -988,6 +1050,7 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
         child,
         pid,
         addr,
+        mcp,
         stderr: lines,
         stderr_done,
     })
@@ -997,6 +1060,17 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
 pub fn parse_listen_line(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(LISTEN_MARKER)? + LISTEN_MARKER.len()..];
     rest.split('/').next()?.trim().parse().ok()
+}
+
+/// Parses the MCP start-up line: `Some(Some(ADDR))` for `mcp: http://ADDR/mcp`,
+/// `Some(None)` for `mcp: disabled`, `None` for any other line.
+pub fn parse_mcp_line(line: &str) -> Option<Option<SocketAddr>> {
+    if line.ends_with(&format!("{MCP_MARKER}disabled")) {
+        return Some(None);
+    }
+    let marker = format!("{MCP_MARKER}http://");
+    let rest = &line[line.find(&marker)? + marker.len()..];
+    Some(Some(rest.strip_suffix("/mcp")?.parse().ok()?))
 }
 
 /// Removes ANSI escape sequences (in case the daemon colours its log).
@@ -1109,7 +1183,7 @@ impl Server {
             bail!("restart: the daemon is still running; stop or kill it first");
         }
         self.process = launch(&self.builder, &self.data).await?;
-        self.endpoint = Endpoint::read(self.process.addr, self.data.path())?;
+        self.endpoint = Endpoint::read(self.process.addr, self.process.mcp, self.data.path())?;
         self.exit = None;
         Ok(())
     }
@@ -1151,11 +1225,14 @@ impl InProcessServer {
         let data = data.clone();
         let mut config = Config::new(data.path());
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // Off unless a test turns it on (e.g. `Bind::Explicit` on port 0): tests run in
+        // parallel, and MCP's default port is one for all of them.
+        config.mcp_bind = car_gateway::http::Bind::Disabled;
         configure(&mut config);
         let daemon = Daemon::start(config, Stamper::system())
             .await
             .context("starting the daemon in process")?;
-        let endpoint = Endpoint::read(daemon.local_addr(), data.path())?;
+        let endpoint = Endpoint::read(daemon.local_addr(), daemon.report().mcp, data.path())?;
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(daemon.run(async move {
             let _ = stop.await;

@@ -2,7 +2,8 @@
 //! build a binary identical to the shipped one.
 //!
 //! Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when it fails while starting or
-//! running, 2 for a bad command line or a data directory held by another daemon.
+//! running, 2 for a bad command line, a data directory held by another daemon or an
+//! explicitly given HTTP endpoint address that cannot be bound.
 
 use std::process::ExitCode;
 
@@ -57,7 +58,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let daemon = match Daemon::start(config, Stamper::system()).await {
             Ok(daemon) => daemon,
-            Err(err @ StartError::Locked { .. }) => {
+            Err(err @ (StartError::Locked { .. } | StartError::HttpBind { .. })) => {
                 tracing::error!("{err}");
                 return Ok(ExitCode::from(2));
             }
@@ -71,6 +72,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         tracing::info!("data dir: {}", r.data_dir.display());
         tracing::info!("daemon token: {}", r.auth_token_path.display());
         tracing::info!("host token: {}", r.host_token_path.display());
+        match r.mcp {
+            Some(addr) => tracing::info!("mcp: http://{addr}/mcp"),
+            None => tracing::info!("mcp: disabled"),
+        }
         tracing::info!(
             "replayed {} events; adopted {} runs, evicted {} runs, closed {} sessions, expired {} approvals; ready in {:.3}s",
             r.events_replayed,

@@ -1,4 +1,4 @@
-//! The daemon's configuration: the flags and environment of PROTOCOL.md §9.
+//! The daemon's configuration: the flags and environment of PROTOCOL.md §9 and §18.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -8,6 +8,8 @@ use car_projections::Retention;
 use chrono::TimeDelta;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
+
+use crate::http::Bind;
 
 /// Default port (PROTOCOL.md §1).
 pub const DEFAULT_PORT: u16 = 9100;
@@ -20,6 +22,8 @@ pub const DEFAULT_TOOL_TIMEOUT_SECS: u64 = 300;
 /// How long a connection may stay unauthenticated: a client authenticates in its first
 /// round trip; strangers must not hold connection slots (of `--max-connections`) forever.
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 30_000;
+/// Default address of the MCP endpoint (PROTOCOL.md §16, §18), whatever `--port` says.
+pub const DEFAULT_MCP_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9102);
 /// Default GC period (PROTOCOL.md §9).
 pub const DEFAULT_GC_INTERVAL_SECS: u64 = 3600;
 /// Default connection cap: far above any single host's agent count, far below what
@@ -93,6 +97,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
+    /// The MCP endpoint (`http://ADDR/mcp`): `IP:PORT`, or `disabled` [default: 127.0.0.1:9102;
+    /// that default is skipped with a warning if taken, an address given here is not]
+    #[arg(long, env = "CAR_MCP_BIND", value_name = "ADDR|disabled")]
+    pub mcp_bind: Option<String>,
+
     /// Server ping period in milliseconds (tests; the protocol's is 30 000).
     #[arg(long, hide = true, default_value_t = 30_000)]
     pub ping_interval_ms: u64,
@@ -150,6 +159,8 @@ pub struct Config {
     pub disconnect_grace: Duration,
     /// A connection still unauthenticated after this long is closed (1008).
     pub auth_timeout: Duration,
+    /// The MCP endpoint (PROTOCOL.md §16).
+    pub mcp_bind: Bind,
     /// A request still unanswered after this long gets `-32004` (calls that wait for
     /// people or tools by design, like proposals and approvals, have their own timeouts).
     pub handler_deadline: Duration,
@@ -181,6 +192,7 @@ impl Config {
             disconnect_grace: Duration::from_millis(250),
             auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
+            mcp_bind: Bind::Default(DEFAULT_MCP_BIND),
             memory_max_facts: car_projections::memory::decide::DEFAULT_MAX_FACTS,
         }
     }
@@ -236,6 +248,7 @@ impl Config {
         config.idle_timeout = Duration::from_millis(cli.idle_timeout_ms.max(1));
         config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
         config.auth_timeout = Duration::from_millis(cli.auth_timeout_ms.max(1));
+        config.mcp_bind = Bind::parse("--mcp-bind", cli.mcp_bind.as_deref(), DEFAULT_MCP_BIND)?;
         config.memory_max_facts = cli.memory_max_facts;
         Ok(config)
     }
@@ -305,6 +318,30 @@ mod tests {
         let cli = Cli::parse_from(["car-server", "--memory-max-facts", "7", "--data-dir", "/x"]);
         assert_eq!(Config::from_cli(cli).unwrap().memory_max_facts, 7);
         let cli = Cli::parse_from(["car-server", "--memory-max-facts", "0", "--data-dir", "/x"]);
+        assert!(Config::from_cli(cli).is_err());
+    }
+
+    #[test]
+    fn mcp_bind_defaults_to_9102_and_takes_an_address_or_disabled() {
+        let cli = Cli::parse_from(["car-server", "--port", "9200", "--data-dir", "/x"]);
+        assert_eq!(
+            Config::from_cli(cli).unwrap().mcp_bind,
+            Bind::Default(DEFAULT_MCP_BIND)
+        );
+        let cli = Cli::parse_from(["car-server", "--mcp-bind", "disabled", "--data-dir", "/x"]);
+        assert_eq!(Config::from_cli(cli).unwrap().mcp_bind, Bind::Disabled);
+        let cli = Cli::parse_from([
+            "car-server",
+            "--mcp-bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/x",
+        ]);
+        assert_eq!(
+            Config::from_cli(cli).unwrap().mcp_bind,
+            Bind::Explicit("127.0.0.1:0".parse().unwrap())
+        );
+        let cli = Cli::parse_from(["car-server", "--mcp-bind", "9102", "--data-dir", "/x"]);
         assert!(Config::from_cli(cli).is_err());
     }
 

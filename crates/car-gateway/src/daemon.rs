@@ -1,5 +1,6 @@
 //! The daemon's life: start-up (open the log, rebuild the state, recover, write the
-//! tokens, listen), serving until told to stop, and the graceful stop.
+//! tokens, listen; the HTTP endpoints of [`crate::http`] after recovery), serving until
+//! told to stop, and the graceful stop.
 //!
 //! Shutdown is passed in (mini-redis style): [`Daemon::run`] serves until the given
 //! future resolves, then drains, so tests start the daemon on port 0 and stop it.
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::config::Config;
 use crate::connection;
+use crate::http;
 use crate::notify::Notifier;
 use crate::tokens::Tokens;
 
@@ -74,6 +76,17 @@ pub enum StartError {
         /// The failure.
         source: std::io::Error,
     },
+    /// An HTTP endpoint's explicitly given address is not available (exit 2; a default
+    /// address is skipped with a warning instead).
+    #[error("{name}: cannot listen on {addr}: {source}")]
+    HttpBind {
+        /// The endpoint (`mcp`).
+        name: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
 }
 
 /// What start-up did, for the start-up lines.
@@ -101,6 +114,8 @@ pub struct StartReport {
     pub approvals_expired: u32,
     /// Start-up time.
     pub elapsed: Duration,
+    /// Where the MCP endpoint listens (`None`: disabled, or its default address was taken).
+    pub mcp: Option<SocketAddr>,
 }
 
 /// What the stop did.
@@ -117,6 +132,7 @@ pub struct StopReport {
 pub struct Daemon {
     app: Arc<App>,
     listener: TcpListener,
+    http: Vec<http::Listener>,
     writer_thread: WriterThread,
     report: StartReport,
 }
@@ -228,6 +244,21 @@ impl Daemon {
             stopping: CancellationToken::new(),
             turn_frames: Arc::default(),
         });
+        // The HTTP endpoints open after recovery (PROTOCOL.md §18).
+        let mut http = Vec::new();
+        match http::bind("mcp", app.config.mcp_bind).await {
+            Ok(Some((listener, addr))) => http.push(http::Listener {
+                name: "mcp",
+                listener,
+                addr,
+                router: http::mcp::router(app.clone()),
+            }),
+            Ok(None) => {}
+            Err(err) => {
+                abandon_start(&app, writer_thread).await;
+                return Err(err);
+            }
+        }
         let report = StartReport {
             listen,
             data_dir: app.config.data_dir.clone(),
@@ -240,10 +271,12 @@ impl Daemon {
             sessions_closed: summary.sessions_closed,
             approvals_expired: summary.approvals_expired,
             elapsed: started.elapsed(),
+            mcp: http.iter().find(|l| l.name == "mcp").map(|l| l.addr),
         };
         Ok(Self {
             app,
             listener,
+            http,
             writer_thread,
             report,
         })
@@ -271,11 +304,19 @@ impl Daemon {
         let Self {
             app,
             listener,
+            http,
             writer_thread,
             ..
         } = self;
         let gc = tokio::spawn(gc_loop(app.clone()));
         let connections = TaskTracker::new();
+        // The HTTP endpoints drain with the WebSocket connections.
+        for endpoint in http {
+            let served = http::serve(endpoint, app.stopping.clone());
+            connections.spawn(async move {
+                let _ = served.await;
+            });
+        }
         let permits = Arc::new(Semaphore::new(app.config.max_connections));
         tokio::pin!(shutdown);
         loop {
@@ -327,6 +368,20 @@ impl Daemon {
         tracing::info!(head, %digest, "stopped");
         StopReport { head, digest }
     }
+}
+
+/// Undoes a start that failed after recovery was recorded: records the stop (so the next
+/// start finds a clean history), stops the writer and removes the token files.
+async fn abandon_start(app: &Arc<App>, writer_thread: WriterThread) {
+    if let Err(err) = app
+        .append(|state| recovery::shutdown(state, "start-up failed"))
+        .await
+    {
+        tracing::error!(%err, "could not record the stop");
+    }
+    app.writer.shutdown().await;
+    writer_thread.join();
+    app.tokens.remove();
 }
 
 /// Creates `dir` (and its parents) if needed and makes it `0700`, warning when an existing

@@ -16,6 +16,7 @@
 //!   run subscriptions);
 //! - [`app`]: what connections share: the single writer, the notifier, the tokens;
 //! - [`rpc`]: JSON-RPC framing and the one error mapping;
+//! - [`http`]: the HTTP endpoints beside the WebSocket (one axum stack): [`http::mcp`];
 //! - [`config`], [`tokens`]: flags, environment, token files;
 //! - [`cli`]: the `car-server` command line.
 
@@ -27,6 +28,7 @@ pub mod daemon;
 mod frames;
 mod gate;
 mod handlers;
+pub mod http;
 pub mod notify;
 mod outbound;
 mod protocol;

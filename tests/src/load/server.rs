@@ -132,6 +132,13 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(&spec.args)
+            // Load runs measure the WebSocket; several daemons must not race for MCP's port.
+            .args(
+                (!spec.args.iter().any(|a| a == "--mcp-bind"))
+                    .then_some(["--mcp-bind", "disabled"])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

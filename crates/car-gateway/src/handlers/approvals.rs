@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use car_projections::Refusal;
 use car_projections::decide::{Command, RequestApproval, ResolveApproval};
 use car_projections::host_feed::{approval_json, approval_visible};
 use car_projections::state::ApprovalStatus;
+use car_projections::{Actor, Refusal};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::app::App;
 use crate::gate;
 use crate::rpc::{self, RpcError};
 use crate::session::{Responder, Session};
@@ -48,20 +49,18 @@ pub(crate) async fn request(session: &mut Session, params: Value, responder: Res
 }
 
 /// An approval as it stands, on the wire.
-async fn approval(
-    app: &std::sync::Arc<crate::app::App>,
-    approval_id: &str,
-) -> Result<Value, RpcError> {
+pub(crate) async fn approval(app: &App, approval_id: &str) -> Result<Value, RpcError> {
     app.writer
         .read(|state| state.approval(approval_id).map(approval_json))
         .await?
         .ok_or_else(|| RpcError::Internal("internal error: approval not found".into()))
 }
 
+/// `host.resolve_approval`'s params (shared with MCP's `approvals_resolve`).
 #[derive(Debug, Deserialize)]
-struct ResolveParams {
-    approval_id: String,
-    resolution: String,
+pub(crate) struct ResolveParams {
+    pub(crate) approval_id: String,
+    pub(crate) resolution: String,
 }
 
 /// `host.resolve_approval`.
@@ -88,32 +87,45 @@ struct ListParams {
     status: Option<String>,
 }
 
+/// `host.approvals`' params, checked: the status asked for (shared with MCP's
+/// `approvals_list`).
+pub(crate) fn parse_list(params: Value) -> Result<Option<ApprovalStatus>, RpcError> {
+    let params: ListParams = rpc::parse(params)?;
+    match params.status.as_deref() {
+        None => Ok(None),
+        Some(name) => Ok(Some(ApprovalStatus::parse(name).ok_or_else(|| {
+            RpcError::params("status", "must be pending, resolved or expired")
+        })?)),
+    }
+}
+
 /// `host.approvals`.
 pub(crate) async fn list(session: &mut Session, params: Value, responder: Responder) {
-    let prepared = rpc::parse::<ListParams>(params).and_then(|params| {
-        let status = match params.status.as_deref() {
-            None => None,
-            Some(name) => Some(ApprovalStatus::parse(name).ok_or_else(|| {
-                RpcError::params("status", "must be pending, resolved or expired")
-            })?),
-        };
-        Ok((status, session.actor()?.clone()))
-    });
+    let prepared = parse_list(params).and_then(|status| Ok((status, session.actor()?.clone())));
     session.reply_after_writes(responder, prepared, |app, (status, actor)| async move {
-        let approvals = app
-            .writer
-            .read(|state| {
-                state
-                    .approvals()
-                    .into_iter()
-                    .filter(|a| status.is_none_or(|s| a.status == s))
-                    .filter(|a| approval_visible(&actor, a))
-                    .map(approval_json)
-                    .collect::<Vec<_>>()
-            })
-            .await?;
-        Ok(json!({"approvals": approvals}))
+        list_approvals(&app, &actor, status).await
     });
+}
+
+/// `host.approvals`' result for `actor`, once what it reads is durable.
+pub(crate) async fn list_approvals(
+    app: &App,
+    actor: &Actor,
+    status: Option<ApprovalStatus>,
+) -> Result<Value, RpcError> {
+    let approvals = app
+        .writer
+        .read(|state| {
+            state
+                .approvals()
+                .into_iter()
+                .filter(|a| status.is_none_or(|s| a.status == s))
+                .filter(|a| approval_visible(actor, a))
+                .map(approval_json)
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(json!({"approvals": approvals}))
 }
 
 #[derive(Debug, Deserialize)]

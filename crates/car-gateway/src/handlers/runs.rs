@@ -10,11 +10,11 @@ use car_projections::decide::{
     AdmittedTurns, Command, CompleteRun, RecordTurns, StartRun, Subscribe, SubscriptionSelector,
     Unsubscribe,
 };
-use car_projections::{Refusal, Run, RunStatus, State, trace};
+use car_projections::{Actor, Refusal, Run, RunStatus, State, trace};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::Committed;
+use crate::app::{App, Committed};
 use crate::reads::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::{self, RpcError};
 use crate::session::{QueuedWrite, Responder, Session};
@@ -260,9 +260,18 @@ struct ListParams {
     before: Option<String>,
 }
 
-/// `runs.list`.
-pub(crate) async fn list(session: &mut Session, params: Value, responder: Responder) {
-    let prepared = (|| {
+/// `runs.list`'s params, checked (shared with MCP's `runs_list`).
+#[derive(Debug, Clone)]
+pub(crate) struct ListQuery {
+    agent_id: Option<String>,
+    status: Option<RunStatus>,
+    limit: usize,
+    before: Option<String>,
+}
+
+impl ListQuery {
+    /// Reads and checks `runs.list`'s params.
+    pub(crate) fn parse(params: Value) -> Result<Self, RpcError> {
         let params: ListParams = rpc::parse(params)?;
         let status = match params.status.as_deref() {
             None => None,
@@ -275,53 +284,66 @@ pub(crate) async fn list(session: &mut Session, params: Value, responder: Respon
             Some(0) => return Err(RpcError::params("limit", "must be at least 1")),
             Some(n) => n.min(MAX_LIST_LIMIT),
         } as usize;
-        Ok((
-            params.agent_id,
+        Ok(Self {
+            agent_id: params.agent_id,
             status,
             limit,
-            params.before,
-            session.actor()?.clone(),
-        ))
-    })();
-    session.reply_after_writes(
-        responder,
-        prepared,
-        |app, (agent_id, status, limit, before, actor)| async move {
-            let runs = app
-                .writer
-                .read(|state| {
-                    let before_seq = match &before {
-                        None => None,
-                        Some(id) => match state.readable_run(&actor, id) {
-                            Some(run) => Some(run.started_seq),
-                            None => {
-                                return Err(RpcError::params(
-                                    "before",
-                                    format!("unknown run_id `{id}`"),
-                                ));
-                            }
-                        },
-                    };
-                    Ok(state
-                        .runs()
-                        .rev()
-                        .filter(|run| before_seq.is_none_or(|b| run.started_seq < b))
-                        .filter(|run| state.is_reader(&actor, run))
-                        .filter(|run| agent_id.as_deref().is_none_or(|a| run.agent_id == a))
-                        .filter(|run| status.is_none_or(|s| run.status() == s))
-                        .take(limit)
-                        .map(trace::summary)
-                        .collect::<Vec<_>>())
-                })
-                .await??;
-            let agent_id = agent_id.or_else(|| actor.bound_agent().map(str::to_owned));
-            Ok(json!({"agent_id": agent_id, "runs": runs}))
-        },
-    );
+            before: params.before,
+        })
+    }
 }
 
+/// `runs.list`.
+pub(crate) async fn list(session: &mut Session, params: Value, responder: Responder) {
+    let prepared = ListQuery::parse(params).and_then(|q| Ok((q, session.actor()?.clone())));
+    session.reply_after_writes(responder, prepared, |app, (query, actor)| async move {
+        list_runs(&app, &actor, query).await
+    });
+}
+
+/// `runs.list`'s result for `actor`, once what it reads is durable.
+pub(crate) async fn list_runs(
+    app: &App,
+    actor: &Actor,
+    query: ListQuery,
+) -> Result<Value, RpcError> {
+    let ListQuery {
+        agent_id,
+        status,
+        limit,
+        before,
+    } = query;
+    let runs = app
+        .writer
+        .read(|state| {
+            let before_seq = match &before {
+                None => None,
+                Some(id) => match state.readable_run(actor, id) {
+                    Some(run) => Some(run.started_seq),
+                    None => {
+                        return Err(RpcError::params("before", format!("unknown run_id `{id}`")));
+                    }
+                },
+            };
+            Ok(state
+                .runs()
+                .rev()
+                .filter(|run| before_seq.is_none_or(|b| run.started_seq < b))
+                .filter(|run| state.is_reader(actor, run))
+                .filter(|run| agent_id.as_deref().is_none_or(|a| run.agent_id == a))
+                .filter(|run| status.is_none_or(|s| run.status() == s))
+                .take(limit)
+                .map(trace::summary)
+                .collect::<Vec<_>>())
+        })
+        .await??;
+    let agent_id = agent_id.or_else(|| actor.bound_agent().map(str::to_owned));
+    Ok(json!({"agent_id": agent_id, "runs": runs}))
+}
+
+/// `runs.get_trace`'s params (shared with MCP's `runs_get_trace`).
 #[derive(Debug, Deserialize)]
-struct TraceParams {
+pub(crate) struct TraceParams {
     run_id: String,
     cursor: Option<u64>,
 }
@@ -331,21 +353,35 @@ pub(crate) async fn get_trace(session: &mut Session, params: Value, responder: R
     let prepared =
         rpc::parse::<TraceParams>(params).and_then(|p| Ok((p, session.actor()?.clone())));
     session.reply_after_writes(responder, prepared, |app, (params, actor)| async move {
-        let run_id = params.run_id;
-        let found = app
-            .writer
-            .read(|state| state.readable_run(&actor, &run_id).cloned())
-            .await?;
-        let Some(run) = found else {
-            return Ok(json!({"run_id": run_id, "not_found": true}));
-        };
-        let position = usize::try_from(params.cursor.unwrap_or(0)).unwrap_or(usize::MAX);
-        let log = app.writer.log().clone();
-        let records = read_blocking(move || trace::trace_records(log.as_ref(), &run, position, MAX_RESPONSE_BYTES).map(|r| (r, run))).await?;
-        let (records, run) = records;
-        let cursor = position.min(run.turn_count as usize + 2) + records.len();
-        Ok(json!({"run_id": run.run_id, "agent_id": run.agent_id, "records": records, "cursor": cursor}))
+        read_trace(&app, &actor, params).await
     });
+}
+
+/// `runs.get_trace`'s result for `actor`, once what it reads is durable.
+pub(crate) async fn read_trace(
+    app: &App,
+    actor: &Actor,
+    params: TraceParams,
+) -> Result<Value, RpcError> {
+    let run_id = params.run_id;
+    let found = app
+        .writer
+        .read(|state| state.readable_run(actor, &run_id).cloned())
+        .await?;
+    let Some(run) = found else {
+        return Ok(json!({"run_id": run_id, "not_found": true}));
+    };
+    let position = usize::try_from(params.cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+    let log = app.writer.log().clone();
+    let records = read_blocking(move || {
+        trace::trace_records(log.as_ref(), &run, position, MAX_RESPONSE_BYTES).map(|r| (r, run))
+    })
+    .await?;
+    let (records, run) = records;
+    let cursor = position.min(run.turn_count as usize + 2) + records.len();
+    Ok(
+        json!({"run_id": run.run_id, "agent_id": run.agent_id, "records": records, "cursor": cursor}),
+    )
 }
 
 #[derive(Debug, Deserialize)]

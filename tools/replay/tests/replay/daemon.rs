@@ -58,6 +58,8 @@ fn state_of_a_stopped_daemon_has_the_digest_the_daemon_reported() {
     let report = runtime.block_on(async {
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
+            // MCP's default port is one for every test running beside this one.
+            mcp_bind: car_gateway::http::Bind::Disabled,
             ..Config::new(dir.path())
         };
         let daemon = Daemon::start(config, Stamper::system()).await.unwrap();

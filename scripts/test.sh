@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every test of the project: the README's test command, and what CI runs.
+#
+# 1. Sets up what the suites that drive real external clients need, with the project's
+#    own setup scripts: the official MCP Python SDK in target/py-sdks
+#    (scripts/setup-python-sdks.sh).
+# 2. Runs `cargo test --workspace` (extra arguments are passed on).
+# 3. Says which suites were skipped and why. A skipped suite is never counted as passed:
+#    the tests that need something missing print `SKIPPED <test>: <why>` and return.
+#
+# In CI (CI=true) a setup that fails is an error, so a suite is never skipped there
+# unnoticed; elsewhere it is a warning and the suite is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+skipped=()
+
+if sdk_python="$(scripts/setup-python-sdks.sh)"; then
+    export CAR_TEST_PYTHON_SDKS="$sdk_python"
+else
+    if [ "${CI:-}" = "true" ]; then
+        echo "scripts/test.sh: setting up the Python SDK clients failed" >&2
+        exit 1
+    fi
+    skipped+=("mcp::official_python_sdk_client (the MCP Python SDK could not be set up)")
+fi
+
+if [ "$(id -u)" != "0" ]; then
+    skipped+=("disk_full::* (mounting a small tmpfs needs root)")
+fi
+
+status=0
+cargo test --workspace "$@" || status=$?
+
+if [ ${#skipped[@]} -gt 0 ]; then
+    echo >&2
+    echo "skipped suites (not passed):" >&2
+    for suite in "${skipped[@]}"; do
+        echo "  SKIPPED $suite" >&2
+    done
+fi
+exit $status

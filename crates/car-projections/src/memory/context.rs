@@ -134,16 +134,10 @@ pub fn build_context(
     // Every fact line costs at least 3 tokens (`- [x] s: b` and its newline), so no more
     // than budget / 3 + 1 facts can ever fit: rank only that many of the matches.
     let cap = usize::try_from(budget / 3 + 1).unwrap_or(usize::MAX);
-    let (best_facts, scores) = scope.ranked_for_context(&terms, cap);
+    let (best_facts, constraints) = scope.ranked_for_context(&terms, cap, "constraint");
 
     let identity = Section::new("Identity", scope.facts_of_kind("identity").map(fact_line));
-    let constraints = Section::new(
-        "Constraints",
-        scope
-            .kind_least_relevant_first("constraint", &scores)
-            .into_iter()
-            .map(fact_line),
-    );
+    let constraints = Section::new("Constraints", constraints.into_iter().map(fact_line));
     let facts = Section::new(
         "Facts",
         best_facts.iter().rev().map(|hit| fact_line(hit.fact)),

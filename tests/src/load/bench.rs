@@ -85,6 +85,8 @@ pub enum Case {
     D,
     /// Tool round-trips.
     E,
+    /// `memory.add_fact` acknowledged per second.
+    F,
 }
 
 /// What to run.
@@ -93,7 +95,7 @@ pub struct BenchOptions {
     /// A short smoke run: shorter windows, fewer connections, a 100 k-event log.
     #[arg(long)]
     pub quick: bool,
-    /// Only these cases (comma-separated: a,b,c,d,e).
+    /// Only these cases (comma-separated: a,b,c,d,e,f).
     #[arg(long, value_delimiter = ',', value_name = "CASES")]
     pub only: Option<Vec<Case>>,
     /// Seconds per throughput cell of a and e [default: 8, quick: 1.5].
@@ -271,6 +273,14 @@ pub async fn run_bench(
             push(&mut report, row);
         }
         for row in tool_latency(options).await.context("e: latency")? {
+            push(&mut report, row);
+        }
+    }
+    if options.runs(Case::F) {
+        for clients in [1, 64] {
+            let row = add_fact_throughput(options, clients)
+                .await
+                .with_context(|| format!("f: {clients} clients"))?;
             push(&mut report, row);
         }
     }
@@ -946,4 +956,102 @@ async fn tool_latency(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             json!({"p50_ms": t50 - e50, "p99_ms": t99 - e99}),
         ),
     ])
+}
+
+// ---------------------------------------------------------------------------------------
+// f: memory.add_fact acknowledged per second
+
+/// `memory.add_fact` acknowledged per second by `clients` clients in closed loops, each
+/// on a namespace of its own (so no scope is shared, as agents' memories are not), next
+/// to one-turn `runs.record_turns` calls from as many clients on the same daemon build
+/// measured right before: the same write path (one durable event per call), so the
+/// ratio shows what memory's decision and index cost on top of it.
+async fn add_fact_throughput(options: &BenchOptions, clients: usize) -> anyhow::Result<Row> {
+    let baseline = throughput(options, clients, 1).await?;
+    let turns_per_sec = baseline.figures["turns_per_sec"].as_f64().unwrap_or(0.0);
+    let fresh = fresh_server(options, "bench-f", &[]).await?;
+    let window = options.window();
+    let mut conns = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let params =
+            json!({"token": fresh.server.auth_token, "memory_namespace": format!("bench-{i}")});
+        conns.push(Conn::authenticated(fresh.server.addr, params).await?);
+    }
+    let go = Arc::new(Barrier::new(clients + 1));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| {
+            let go = go.clone();
+            tokio::spawn(async move { add_fact_loop(conn, i, window, go).await })
+        })
+        .collect();
+    start_together(&go).await?;
+    let mut facts = 0u64;
+    let mut latency = histogram();
+    for task in tasks {
+        let (acked, hist) = task.await.context("a client task panicked")??;
+        facts += acked;
+        latency.add(&hist).map_err(|e| anyhow!("{e}"))?;
+    }
+    fresh.stop().await?;
+    let per_sec = facts as f64 / window.as_secs_f64();
+    let (p50, p99) = (
+        ms(latency.value_at_quantile(0.5)),
+        ms(latency.value_at_quantile(0.99)),
+    );
+    let ratio = if turns_per_sec > 0.0 {
+        per_sec / turns_per_sec
+    } else {
+        0.0
+    };
+    Ok(Row::new(
+        Case::F,
+        format!("acked memory.add_fact/s, {clients} client(s)"),
+        format!(
+            "{per_sec:.0}/s (call p50 {p50:.2} ms, p99 {p99:.2} ms); one-turn record_turns {turns_per_sec:.0}/s: {ratio:.2}x"
+        ),
+        json!({"clients": clients, "facts_per_sec": per_sec, "facts": facts,
+               "window_secs": window.as_secs_f64(), "call_p50_ms": p50, "call_p99_ms": p99,
+               "baseline_turns_per_sec": turns_per_sec, "ratio": ratio}),
+    ))
+}
+
+/// One `memory.add_fact` client: realistic facts (~200 bytes) with fresh ids, in a closed
+/// loop until the window ends. Returns the facts acknowledged inside the window and the
+/// call latencies.
+async fn add_fact_loop(
+    mut conn: Conn,
+    client: usize,
+    window: Duration,
+    go: Arc<Barrier>,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let mut acked = 0u64;
+    let mut latency = histogram();
+    let mut n = 0u64;
+    go.wait().await;
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        n += 1;
+        let params = json!({
+            "fact_id": format!("f-{client}-{n}"),
+            "subject": format!("service {} deploys", n % 97),
+            "body": format!("Deploys of service {} go through the staging cluster first and need the on-call engineer's approval; fact {n} of client {client}.", n % 97),
+            "kind": "environment",
+            "tags": ["deploy", "bench"],
+        });
+        let id = conn.fresh_id();
+        let sent = Instant::now();
+        conn.send_text(request_text(id, "memory.add_fact", &params))
+            .await?;
+        let reply = conn.response(id).await?;
+        let done = Instant::now();
+        let count = reply.map_err(|e| anyhow!("memory.add_fact: {e}"))?;
+        ensure!(count.as_u64() == Some(n), "memory.add_fact: {count}");
+        if done <= deadline {
+            acked += 1;
+            latency.saturating_record(micros(done - sent));
+        }
+    }
+    Ok((acked, latency))
 }

@@ -11,6 +11,7 @@
 //! - [`lifecycle`]: §3.7 and §9: disconnect, restart, crash, graceful stop, the data
 //!   directory lock, retention, the command line, state = replay of the log;
 //! - [`model_turns`]: §14.3 runs.record_model_turn: indices, records, redaction, limits;
+//! - [`pagination`]: §14.4 paged runs.list, runs.get_trace, runs.subscribe (v3);
 //! - [`tools`]: §4.1 session.init, tools.register, tools.list, policies;
 //! - [`proposals`]: §4.2 proposal.submit with real tool clients: tools.execute, replies,
 //!   timeouts and tools.cancel, disconnects, failure behaviours, turns, the log's record;
@@ -34,6 +35,7 @@ mod log;
 mod mcp;
 mod memory;
 mod model_turns;
+mod pagination;
 mod proposals;
 mod runs;
 mod subscriptions;

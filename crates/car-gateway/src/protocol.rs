@@ -23,7 +23,18 @@ const CLIENT_VERSION_CHARS: usize = 64;
 /// `models.*` results, methods absent here, so they hold trivially (§10). `runs.cancel.v1`,
 /// `runs.resume.v1` and `runs.pagination.v1` join this list with their methods (§14): a
 /// capability is never offered for a method that does not exist.
-pub(crate) const SUPPORTED: &[&str] = &["infer.model-identity.v1", "models.catalog-identity.v1"];
+pub(crate) const SUPPORTED: &[&str] = &[
+    "infer.model-identity.v1",
+    "models.catalog-identity.v1",
+    PAGINATION,
+];
+/// Paginated `runs.list`, `runs.get_trace`, `runs.subscribe` (§14.4).
+pub(crate) const PAGINATION: &str = "runs.pagination.v1";
+
+/// Whether a session negotiated `capability`.
+pub(crate) fn has(negotiated: Option<&Negotiated>, capability: &str) -> bool {
+    negotiated.is_some_and(|n| n.capabilities.contains(capability))
+}
 
 /// What a session negotiated.
 #[derive(Debug, Clone, PartialEq, Eq)]

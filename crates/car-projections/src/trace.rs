@@ -156,23 +156,35 @@ pub fn trace_records(
     position: usize,
     max_bytes: usize,
 ) -> Result<Vec<Value>, TraceError> {
+    trace_page(log, run, position, usize::MAX, max_bytes)
+}
+
+/// [`trace_records`], at most `max_records` of them (a page of `runs.get_trace` with
+/// `runs.pagination.v1`, PROTOCOL.md §14.4); reads only the turns it returns.
+pub fn trace_page(
+    log: &dyn EventLog,
+    run: &Run,
+    position: usize,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<Vec<Value>, TraceError> {
     let mut records = Vec::new();
+    if max_records == 0 {
+        return Ok(records);
+    }
     if position == 0 {
         records.push(started_record(run));
     }
     let from = position.saturating_sub(1).min(run.turn_count as usize) as u32;
-    let turns = turn_records(
-        log,
-        &run.run_id,
-        &run.turn_batches,
-        from,
-        run.turn_count,
-        max_bytes,
-    )?;
+    let room = max_records - records.len();
+    let to = (from as usize)
+        .saturating_add(room)
+        .min(run.turn_count as usize) as u32;
+    let turns = turn_records(log, &run.run_id, &run.turn_batches, from, to, max_bytes)?;
     let all_turns = from as usize + turns.len() == run.turn_count as usize;
     records.extend(turns);
     if let Some(end) = &run.end {
-        if all_turns && position <= run.turn_count as usize + 1 {
+        if all_turns && records.len() < max_records && position <= run.turn_count as usize + 1 {
             records.push(ended_record(run, end));
         }
     }

@@ -5,6 +5,7 @@ pub(crate) mod approvals;
 pub(crate) mod host;
 pub(crate) mod log;
 pub(crate) mod memory;
+pub(crate) mod pages;
 pub(crate) mod proposals;
 pub(crate) mod runs;
 pub(crate) mod session;

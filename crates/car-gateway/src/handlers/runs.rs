@@ -5,6 +5,7 @@
 //! session's earlier writes, read the state, and read turns back from the log through the
 //! run's index.
 
+use car_events::Seq;
 use car_events::event::{Event, SubscriptionTarget};
 use car_projections::decide::{
     AdmittedTurns, Command, CompleteRun, RecordTurns, StartRun, Subscribe, SubscriptionSelector,
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{App, Committed};
+use crate::handlers::pages;
 use crate::reads::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::{self, RpcError};
 use crate::session::{QueuedWrite, Responder, Session};
@@ -267,6 +269,9 @@ pub(crate) struct ListQuery {
     status: Option<RunStatus>,
     limit: usize,
     before: Option<String>,
+    /// A page of a session that negotiated pagination (§14.4): the runs started before
+    /// this seq (`None` for the first page).
+    page: Option<Option<Seq>>,
 }
 
 impl ListQuery {
@@ -289,13 +294,36 @@ impl ListQuery {
             status,
             limit,
             before: params.before,
+            page: None,
         })
+    }
+
+    /// Reads and checks a paged `runs.list` (§14.4): `agent_id` (a string, or `null` for
+    /// every run the caller may read), `cursor` and `limit` are required.
+    pub(crate) fn parse_paged(params: Value) -> Result<Self, RpcError> {
+        let agent_id = match pages::required(&params, "agent_id")? {
+            Value::Null => None,
+            Value::String(id) => Some(id.clone()),
+            _ => return Err(RpcError::params("agent_id", "must be a string or null")),
+        };
+        let after = pages::list_cursor(&params)?;
+        let limit = pages::limit(&params)?;
+        let mut query = Self::parse(params)?;
+        query.agent_id = agent_id;
+        query.limit = limit;
+        query.page = Some(after);
+        Ok(query)
     }
 }
 
 /// `runs.list`.
 pub(crate) async fn list(session: &mut Session, params: Value, responder: Responder) {
-    let prepared = ListQuery::parse(params).and_then(|q| Ok((q, session.actor()?.clone())));
+    let parsed = if pages::paged(session) {
+        ListQuery::parse_paged(params)
+    } else {
+        ListQuery::parse(params)
+    };
+    let prepared = parsed.and_then(|q| Ok((q, session.actor()?.clone())));
     session.reply_after_writes(responder, prepared, |app, (query, actor)| async move {
         list_runs(&app, &actor, query).await
     });
@@ -312,31 +340,46 @@ pub(crate) async fn list_runs(
         status,
         limit,
         before,
+        page,
     } = query;
-    let runs = app
+    let (runs, last) = app
         .writer
         .read(|state| {
-            let before_seq = match &before {
-                None => None,
-                Some(id) => match state.readable_run(actor, id) {
+            let before_seq = match (&before, page) {
+                (_, Some(after)) => after,
+                (None, None) => None,
+                (Some(id), None) => match state.readable_run(actor, id) {
                     Some(run) => Some(run.started_seq),
                     None => {
                         return Err(RpcError::params("before", format!("unknown run_id `{id}`")));
                     }
                 },
             };
-            Ok(state
+            let mut runs: Vec<&Run> = state
                 .runs()
                 .rev()
                 .filter(|run| before_seq.is_none_or(|b| run.started_seq < b))
                 .filter(|run| state.is_reader(actor, run))
                 .filter(|run| agent_id.as_deref().is_none_or(|a| run.agent_id == a))
                 .filter(|run| status.is_none_or(|s| run.status() == s))
-                .take(limit)
-                .map(trace::summary)
-                .collect::<Vec<_>>())
+                .take(limit.saturating_add(1))
+                .collect();
+            // One more than asked tells whether a next page exists.
+            let more = runs.len() > limit;
+            runs.truncate(limit);
+            let last = more
+                .then(|| runs.last().map(|run| run.started_seq))
+                .flatten();
+            Ok((
+                runs.into_iter().map(trace::summary).collect::<Vec<_>>(),
+                last,
+            ))
         })
         .await??;
+    if page.is_some() {
+        let next_cursor = last.map(pages::next_list_cursor);
+        return Ok(json!({"agent_id": agent_id, "runs": runs, "next_cursor": next_cursor}));
+    }
     let agent_id = agent_id.or_else(|| actor.bound_agent().map(str::to_owned));
     Ok(json!({"agent_id": agent_id, "runs": runs}))
 }
@@ -348,13 +391,62 @@ pub(crate) struct TraceParams {
     cursor: Option<u64>,
 }
 
-/// `runs.get_trace`.
+/// `runs.get_trace`; paged (§14.4) for a session that negotiated it.
 pub(crate) async fn get_trace(session: &mut Session, params: Value, responder: Responder) {
-    let prepared =
-        rpc::parse::<TraceParams>(params).and_then(|p| Ok((p, session.actor()?.clone())));
-    session.reply_after_writes(responder, prepared, |app, (params, actor)| async move {
-        read_trace(&app, &actor, params).await
-    });
+    let paged = pages::paged(session);
+    let prepared = (|| {
+        let limit = if paged {
+            pages::position(&params)?;
+            Some(pages::limit(&params)?)
+        } else {
+            None
+        };
+        let parsed = rpc::parse::<TraceParams>(params)?;
+        Ok((parsed, limit, session.actor()?.clone()))
+    })();
+    session.reply_after_writes(
+        responder,
+        prepared,
+        |app, (params, limit, actor)| async move {
+            match limit {
+                None => read_trace(&app, &actor, params).await,
+                Some(limit) => read_trace_page(&app, &actor, params, limit).await,
+            }
+        },
+    );
+}
+
+/// A page of `runs.get_trace` (§14.4): at most `limit` records from `cursor`; `cursor`
+/// echoed, `next_cursor` the position after them, `null` once the `ended` record is read.
+async fn read_trace_page(
+    app: &App,
+    actor: &Actor,
+    params: TraceParams,
+    limit: usize,
+) -> Result<Value, RpcError> {
+    let run_id = params.run_id;
+    let found = app
+        .writer
+        .read(|state| state.readable_run(actor, &run_id).cloned())
+        .await?;
+    let Some(run) = found else {
+        return Ok(json!({"run_id": run_id, "not_found": true}));
+    };
+    let cursor = params.cursor.unwrap_or(0);
+    let position = usize::try_from(cursor).unwrap_or(usize::MAX);
+    let log = app.writer.log().clone();
+    let (records, run) = read_blocking(move || {
+        trace::trace_page(log.as_ref(), &run, position, limit, MAX_RESPONSE_BYTES).map(|r| (r, run))
+    })
+    .await?;
+    let past_the_end = run.end.is_some() && position > run.turn_count as usize + 1;
+    let ended = records.last().is_some_and(|r| r["record"] == "ended");
+    let next_cursor = (!ended && !past_the_end)
+        .then(|| position.min(run.turn_count as usize + 1) + records.len());
+    Ok(json!({
+        "run_id": run.run_id, "agent_id": run.agent_id, "records": records,
+        "cursor": cursor, "next_cursor": next_cursor,
+    }))
 }
 
 /// `runs.get_trace`'s result for `actor`, once what it reads is durable.
@@ -393,7 +485,14 @@ struct SubscribeParams {
 /// `runs.subscribe`: the snapshot is the run as of the `subscription.opened` event, and
 /// the tail continues from exactly there.
 pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: Responder) {
+    let paged = pages::paged(session);
     let queued = async {
+        let limit = if paged {
+            pages::position(&params)?;
+            Some(pages::limit(&params)?)
+        } else {
+            None
+        };
         let params: SubscribeParams = rpc::parse(params)?;
         let cursor = params.cursor.unwrap_or(0);
         let command = Command::Subscribe(Subscribe {
@@ -408,10 +507,10 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
         let write = session
             .queue(command, move |state: &State, _| state.run(&run_id).cloned())
             .await?;
-        Ok::<_, RpcError>((params.run_id, cursor, write))
+        Ok::<_, RpcError>((params.run_id, cursor, limit, write))
     }
     .await;
-    let (run_id, cursor, write) = match queued {
+    let (run_id, cursor, limit, write) = match queued {
         Ok(queued) => queued,
         Err(err) => return responder.send(Err(err)).await,
     };
@@ -439,6 +538,13 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
             }
         };
         let from = cursor.min(run.turn_count);
+        // A paged snapshot (§14.4) holds at most `limit` turns; the result's cursor is the
+        // turn count as §3.5 says, and the tail goes on from there.
+        let to = match limit {
+            Some(limit) => from.saturating_add(u32::try_from(limit).unwrap_or(u32::MAX)),
+            None => run.turn_count,
+        }
+        .min(run.turn_count);
         let log = app.writer.log().clone();
         let snap = run.clone();
         let turns = read_blocking(move || {
@@ -447,7 +553,7 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
                 &snap.run_id,
                 &snap.turn_batches,
                 from,
-                snap.turn_count,
+                to,
                 MAX_RESPONSE_BYTES,
             )
         })
@@ -456,16 +562,23 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
             Ok(turns) => turns,
             Err(err) => return responder.send(Err(err)).await,
         };
-        let next = from + turns.len() as u32;
-        responder
-            .send(Ok(json!({
-                "run_id": run.run_id,
-                "agent_id": run.agent_id,
-                "turns_so_far": turns,
-                "cursor": next,
-                "status": run.status().as_str(),
-            })))
-            .await;
+        let read_to = from + turns.len() as u32;
+        let next = if limit.is_some() {
+            run.turn_count
+        } else {
+            read_to
+        };
+        let mut answer = json!({
+            "run_id": run.run_id,
+            "agent_id": run.agent_id,
+            "turns_so_far": turns,
+            "cursor": next,
+            "status": run.status().as_str(),
+        });
+        if limit.is_some() && read_to < run.turn_count {
+            answer["truncated"] = Value::Bool(true);
+        }
+        responder.send(Ok(answer)).await;
         tail::follow_run(app, out, run.run_id, next, cancel).await;
     });
 }

@@ -1112,3 +1112,106 @@ async fn regression_max_retries_at_u32_max_overflows() {
         ]
     );
 }
+
+/// PROTOCOL.md §14.5: an error reply with `data.terminal: true` fails its action without
+/// retry, skips the rest of the proposal (whatever its failure behaviour) and halts the
+/// session: its later proposals come back all `rejected` without a single tool call. New
+/// sessions start clear; `session.clear_halt` is a host's, for its own session.
+#[tokio::test]
+async fn a_terminal_tool_failure_halts_the_session() {
+    let server = server(&[]).await;
+    let mut client = server.auth_client().await;
+    let mut calls = Vec::new();
+    let result = client
+        .submit(
+            json!({"id": "p1", "actions": [
+                {"id": "boom", "tool": "t", "failure_behavior": "retry", "max_retries": 5},
+                {"id": "after", "tool": "t", "failure_behavior": "continue"},
+            ]}),
+            |call| {
+                calls.push(action_of(call));
+                ToolAnswer::Error(
+                    json!({"code": -32000, "message": "credentials revoked", "data": {"terminal": true}}),
+                )
+            },
+        )
+        .await;
+    assert_eq!(calls, ["boom"], "no retry, nothing after it");
+    assert_eq!(result["final_state"], "failed");
+    assert_eq!(
+        result["results"],
+        json!([
+            {"action_id": "boom", "status": "failed", "error": "credentials revoked", "attempts": 1},
+            {"action_id": "after", "status": "skipped", "attempts": 0},
+        ])
+    );
+    let later = client
+        .submit(
+            json!({"id": "p2", "actions": [{"id": "x", "tool": "t"}, {"id": "y", "tool": "t", "failure_behavior": "continue"}]}),
+            |call| panic!("a halted session's proposal called a tool: {call}"),
+        )
+        .await;
+    assert_eq!(later["final_state"], "failed");
+    assert_eq!(
+        later["results"][0],
+        json!({"action_id": "x", "status": "rejected", "error": "session halted by a terminal tool failure", "attempts": 0})
+    );
+    assert_eq!(later["results"][1]["status"], "skipped");
+    // Only a host may clear (its own halt).
+    let refused = client.err("session.clear_halt", json!({})).await;
+    assert_eq!(refused.code, -32603);
+    assert_eq!(
+        refused.message,
+        "permission denied: session.clear_halt requires the host role"
+    );
+    let mut host = server.auth_host().await;
+    assert_eq!(
+        host.ok("session.clear_halt", json!({})).await,
+        json!({"cleared": false, "halted": false})
+    );
+    let halts = host.whole_log(Some(&["session.halted"])).await;
+    assert_eq!(halts.len(), 1, "{halts:?}");
+    assert_eq!(halts[0]["data"]["action_id"], "boom");
+    assert_eq!(halts[0]["data"]["error"], "credentials revoked");
+    // A new session starts clear.
+    let mut fresh = server.auth_client().await;
+    let ok = fresh
+        .submit(
+            json!({"id": "p3", "actions": [{"id": "z", "tool": "t"}]}),
+            |_| ToolAnswer::Result(json!("done")),
+        )
+        .await;
+    assert_eq!(ok["final_state"], "completed");
+}
+
+/// A host whose own proposal failed terminally clears its halt and proposes again.
+#[tokio::test]
+async fn a_host_clears_its_own_halt() {
+    let server = server(&[]).await;
+    let mut host = server.auth_host().await;
+    host.submit(
+        json!({"id": "h1", "actions": [{"id": "a", "tool": "t"}]}),
+        |_| ToolAnswer::Error(json!({"code": 1, "message": "stop", "data": {"terminal": true}})),
+    )
+    .await;
+    let rejected = host
+        .submit(
+            json!({"id": "h2", "actions": [{"id": "b", "tool": "t"}]}),
+            |call| panic!("halted: {call}"),
+        )
+        .await;
+    assert_eq!(rejected["results"][0]["status"], "rejected");
+    assert_eq!(
+        host.ok("session.clear_halt", json!({})).await,
+        json!({"cleared": true, "halted": false})
+    );
+    let again = host
+        .submit(
+            json!({"id": "h3", "actions": [{"id": "c", "tool": "t"}]}),
+            |_| ToolAnswer::Result(json!(1)),
+        )
+        .await;
+    assert_eq!(again["final_state"], "completed");
+    let cleared = host.whole_log(Some(&["session.halt_cleared"])).await;
+    assert_eq!(cleared.len(), 1);
+}

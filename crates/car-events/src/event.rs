@@ -474,6 +474,28 @@ pub struct MemoryScopePersisted {
     pub client_id: Option<String>,
 }
 
+/// A terminal tool failure halted a session (PROTOCOL.md §14.5): a `tools.execute` error
+/// with `data.terminal: true`. The session's later proposals are rejected until a host
+/// clears the halt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHalted {
+    /// The halted session.
+    pub client_id: String,
+    /// The proposal whose action failed.
+    pub proposal_id: String,
+    /// The action.
+    pub action_id: String,
+    /// The tool's error text.
+    pub error: String,
+}
+
+/// `session.clear_halt`: a host session's halt was cleared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaltCleared {
+    /// The session.
+    pub client_id: String,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -557,6 +579,10 @@ events! {
     MemoryScopeLoaded(MemoryScopeLoaded) = "memory.scope_loaded",
     /// A memory scope was written to a file.
     MemoryScopePersisted(MemoryScopePersisted) = "memory.scope_persisted",
+    /// A terminal tool failure halted a session.
+    SessionHalted(SessionHalted) = "session.halted",
+    /// A session's halt was cleared.
+    HaltCleared(HaltCleared) = "session.halt_cleared",
 }
 
 impl Event {
@@ -580,6 +606,8 @@ impl Event {
             Event::SessionOpened(e) => Some(&e.client_id),
             Event::SessionAuthenticated(e) => Some(&e.client_id),
             Event::SessionClosed(e) => Some(&e.client_id),
+            Event::SessionHalted(e) => Some(&e.client_id),
+            Event::HaltCleared(e) => Some(&e.client_id),
             Event::RunStarted(e) => e.client_id.as_deref(),
             Event::ToolCallDispatched(e) => Some(&e.client_id),
             Event::ApprovalRequested(e) => e.client_id.as_deref(),

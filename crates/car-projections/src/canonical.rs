@@ -181,7 +181,7 @@ impl Serialize for Canonical<'_> {
         map.serialize_entry(
             "sessions",
             &Items::new(state.sessions().map(|s| {
-                json!({
+                let mut session = json!({
                     "client_id": s.client_id,
                     "peer": s.peer,
                     "role": role(s.role),
@@ -189,7 +189,13 @@ impl Serialize for Canonical<'_> {
                     "authenticated": s.authenticated,
                     "opened_seq": s.opened_seq,
                     "opened_at": ts(s.opened_at),
-                })
+                });
+                // Only when set, so the digests of states that never saw a halt (every
+                // log written before halts existed) are unchanged.
+                if s.halted {
+                    session["halted"] = Value::Bool(true);
+                }
+                session
             })),
         )?;
         map.serialize_entry("agents", &state.agents().collect::<BTreeMap<_, _>>())?;

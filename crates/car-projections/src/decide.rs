@@ -393,6 +393,10 @@ pub enum Command {
     DispatchToolCall(DispatchToolCall),
     /// A tool call ended.
     FinishToolCall(FinishToolCall),
+    /// A terminal tool failure halts a session (§14.5).
+    HaltSession(crate::halts::HaltSession),
+    /// `session.clear_halt`.
+    ClearHalt(crate::halts::ClearHalt),
     /// `memory.add_fact` (and MCP's `memory_add_fact`).
     MemoryAddFact(memory::AddFact),
     /// `memory.delete` (and MCP's `memory_delete`).
@@ -441,6 +445,8 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
         }),
         Command::DispatchToolCall(c) => Ok(vec![Event::ToolCallDispatched(c.dispatch.clone())]),
         Command::FinishToolCall(c) => Ok(finish_tool_call(state, c)),
+        Command::HaltSession(c) => Ok(crate::halts::decide_halt(state, c)),
+        Command::ClearHalt(c) => crate::halts::decide_clear(state, c),
         Command::MemoryAddFact(c) => Ok(memory::decide::decide_add_fact(state.memory(), c)?),
         Command::MemoryDelete(c) => Ok(memory::decide::decide_delete(state.memory(), c)),
         Command::MemoryConsolidate(c) => Ok(memory::decide::decide_consolidate(state.memory(), c)),

@@ -4,6 +4,7 @@
 //! - [`state`]: the [`State`] projection and its pure fold [`State::apply`];
 //! - [`decide`](mod@decide): every protocol write as a [`Command`] decided against the state into
 //!   events, or a typed [`Refusal`];
+//! - [`halts`]: sessions halted by a terminal tool failure, and `session.clear_halt`;
 //! - [`recovery`]: start-up recovery, retention (GC) and shutdown as events;
 //! - [`trace`]: runs read back in the wire shapes, through the per-run index;
 //! - [`canonical`]: the canonical rendering and digest of a state;
@@ -16,6 +17,7 @@
 pub mod access;
 pub mod canonical;
 pub mod decide;
+pub mod halts;
 pub mod host_feed;
 pub mod memory;
 pub mod recovery;

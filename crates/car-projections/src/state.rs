@@ -94,6 +94,8 @@ pub struct Session {
     pub opened_seq: Seq,
     /// When it opened.
     pub opened_at: DateTime<Utc>,
+    /// Halted by a terminal tool failure (PROTOCOL.md §14.5): its proposals are rejected.
+    pub halted: bool,
 }
 
 /// One `run.turns_recorded` event of a run: turns `base_index ..` are stored at `seq`.
@@ -541,6 +543,7 @@ impl State {
                         authenticated: false,
                         opened_seq: seq,
                         opened_at: ts,
+                        halted: false,
                     },
                 );
             }
@@ -734,7 +737,18 @@ impl State {
             | Event::MemoryFactDeleted(_)
             | Event::MemoryScopeLoaded(_)
             | Event::MemoryScopePersisted(_) => self.memory.apply(env)?,
+            Event::SessionHalted(e) => self.set_halted(&e.client_id, true)?,
+            Event::HaltCleared(e) => self.set_halted(&e.client_id, false)?,
         }
+        Ok(())
+    }
+
+    fn set_halted(&mut self, client_id: &str, halted: bool) -> Result<(), Contradiction> {
+        let session = self
+            .sessions
+            .get_mut(client_id)
+            .ok_or_else(|| Contradiction::UnknownSession(client_id.to_owned()))?;
+        session.halted = halted;
         Ok(())
     }
 

@@ -37,12 +37,12 @@ use std::sync::Once;
 use car_events::codec;
 use car_events::event::{
     ApprovalExpired, ApprovalRequested, ApprovalResolved, DaemonRecovered, DaemonStarted,
-    DaemonStopped, EvictionReason, FactRemoval, IncompleteReason, MemoryFact, MemoryFactAdded,
-    MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted, ProposalFinished,
+    DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason, MemoryFact,
+    MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted, ProposalFinished,
     ProposalSubmitted, Role, RunEnded, RunEvicted, RunStarted, SessionAuthenticated, SessionClosed,
-    SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
-    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed, ToolCallTimedOut,
-    TurnsRecorded,
+    SessionHalted, SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget,
+    Termination, ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
+    ToolCallTimedOut, TurnsRecorded,
 };
 use car_events::{
     Envelope, Event, EventJson, EventLog, JsonText, ManualClock, OpenOptions, SCHEMA_VERSION, Seq,
@@ -75,6 +75,7 @@ fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
     match version {
         1 => Some(golden_v1),
         2 => Some(golden_v2),
+        3 => Some(golden_v3),
         _ => None,
     }
 }
@@ -1140,6 +1141,64 @@ fn golden_v2() -> Vec<Envelope> {
     stamp("2026-12-01T08:00:00.000Z", 20_261_201, events)
 }
 
+/// Fixture v3: a terminal tool failure halts a session (PROTOCOL.md §14.5), and a host
+/// clears its own halt.
+fn golden_v3() -> Vec<Envelope> {
+    let events = vec![
+        (
+            0,
+            Event::from(DaemonStarted {
+                version: s("0.3.0"),
+                pid: 7373,
+                data_dir: s("/var/lib/car"),
+                listen: s("127.0.0.1:9100"),
+            }),
+        ),
+        (
+            30,
+            Event::from(SessionOpened {
+                client_id: s("sess-host-1"),
+                peer: s("127.0.0.1:53100"),
+                role: None,
+                agent_id: None,
+            }),
+        ),
+        (
+            4,
+            Event::from(SessionAuthenticated {
+                client_id: s("sess-host-1"),
+                role: Role::Host,
+                agent_id: None,
+            }),
+        ),
+        (
+            1_250,
+            Event::from(SessionHalted {
+                client_id: s("sess-host-1"),
+                proposal_id: s("prop-deploy-9"),
+                action_id: s("push"),
+                error: s("credentials revoked: stop everything"),
+            }),
+        ),
+        (
+            40_000,
+            Event::from(HaltCleared {
+                client_id: s("sess-host-1"),
+            }),
+        ),
+        (
+            15,
+            Event::from(SessionClosed {
+                client_id: s("sess-host-1"),
+                role: Some(Role::Host),
+                agent_id: None,
+                reason: s("closed"),
+            }),
+        ),
+    ];
+    stamp("2026-12-02T09:00:00.000Z", 20_261_202, events)
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading and (once) writing the fixture files.
 
@@ -1602,6 +1661,13 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             sha256: _,
             client_id,
         }) => vec![opt("client_id", client_id.is_some())],
+        Event::SessionHalted(SessionHalted {
+            client_id: _,
+            proposal_id: _,
+            action_id: _,
+            error: _,
+        })
+        | Event::HaltCleared(HaltCleared { client_id: _ }) => vec![],
     }
 }
 

@@ -99,6 +99,7 @@ pub(crate) async fn route(
     match method {
         "session.auth" => session::auth(session, params, responder).await,
         "server.handshake" => session::handshake(session, params, responder).await,
+        "session.clear_halt" => session::clear_halt(session, params, responder).await,
         "session.init" => tools::init(session, params, responder).await,
         "tools.register" => tools::register(session, params, responder).await,
         "tools.list" => tools::list(session, params, responder).await,

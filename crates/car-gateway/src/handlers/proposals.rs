@@ -10,11 +10,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use car_events::event::{ProposalFinished, ProposalSubmitted, ToolCallDispatched};
-use car_projections::Actor;
+use car_events::event::{ProposalFinished, ProposalSubmitted, SessionHalted, ToolCallDispatched};
 use car_projections::decide::{
     AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
 };
+use car_projections::{Actor, halts};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -153,6 +153,12 @@ impl Runner {
             action_ids: actions.iter().map(|a| a.id.clone()).collect(),
         });
         self.app.execute(submitted, |_, _| ()).await??;
+        let client_id = self.client_id.clone();
+        let halted = self
+            .app
+            .writer
+            .read(move |state| halts::is_halted(state, &client_id))
+            .await?;
         let mut results = Vec::with_capacity(actions.len());
         let mut outputs = Map::new();
         let mut errors = Map::new();
@@ -164,8 +170,17 @@ impl Runner {
                 continue;
             }
             let parameters = action.parameters.clone().unwrap_or_else(|| json!({}));
-            let (status, attempts) = self.run_action(action, &parameters).await;
+            let (status, attempts, terminal) = if halted {
+                (Status::Rejected(halts::HALTED.into()), 0, false)
+            } else {
+                self.run_action(action, &parameters).await
+            };
             self.record_turn(action, &parameters, &status).await;
+            if terminal {
+                if let Status::Failed(error) = &status {
+                    self.halt(action, error).await;
+                }
+            }
             let mut result = Map::new();
             result.insert("action_id".into(), json!(action.id));
             let succeeded = matches!(status, Status::Succeeded(_));
@@ -189,7 +204,7 @@ impl Runner {
             result.insert("attempts".into(), json!(attempts));
             if !succeeded {
                 failed = true;
-                stopped = action.failure_behavior != Some(Behavior::Continue);
+                stopped = terminal || action.failure_behavior != Some(Behavior::Continue);
             }
             results.push(Value::Object(result));
         }
@@ -211,11 +226,31 @@ impl Runner {
         }))
     }
 
-    /// Runs one action: checks, the gate, then one or more attempts.
-    async fn run_action(&self, action: &Action, parameters: &Value) -> (Status, u32) {
+    /// Records that a terminal tool failure halted this session (§14.5).
+    async fn halt(&self, action: &Action, error: &str) {
+        let halt = Command::HaltSession(halts::HaltSession {
+            halt: SessionHalted {
+                client_id: self.client_id.clone(),
+                proposal_id: self.proposal_id.clone(),
+                action_id: action.id.clone(),
+                error: error.to_owned(),
+            },
+        });
+        if let Err(err) = self.app.execute(halt, |_, _| ()).await {
+            tracing::warn!(%err, client_id = %self.client_id, "could not record a session halt");
+        }
+    }
+
+    /// Runs one action: checks, the gate, then one or more attempts. The flag: the last
+    /// attempt failed terminally (`data.terminal: true`): no retry, the session halts.
+    async fn run_action(&self, action: &Action, parameters: &Value) -> (Status, u32, bool) {
         if let Some(registered) = &self.registered {
             if !registered.contains(&action.tool) {
-                return (Status::Failed(format!("unknown tool: {}", action.tool)), 0);
+                return (
+                    Status::Failed(format!("unknown tool: {}", action.tool)),
+                    0,
+                    false,
+                );
             }
         }
         if let Some(policy) = self
@@ -226,6 +261,7 @@ impl Runner {
             return (
                 Status::Rejected(format!("rejected by policy '{}'", policy.name)),
                 0,
+                false,
             );
         }
         if gate::is_gated(&self.app, &action.tool) {
@@ -238,7 +274,7 @@ impl Runner {
             )
             .await
             {
-                return (Status::Failed(err.to_string()), 0);
+                return (Status::Failed(err.to_string()), 0, false);
             }
         }
         let attempts = match action.failure_behavior {
@@ -256,11 +292,16 @@ impl Runner {
         let mut error = String::new();
         for attempt in 1..=attempts {
             match self.call(action, parameters, attempt, wait).await {
-                Ok(output) => return (Status::Succeeded(output), attempt),
-                Err(message) => error = message,
+                Ok(output) => return (Status::Succeeded(output), attempt, false),
+                Err(CallFailure { message, terminal }) => {
+                    if terminal {
+                        return (Status::Failed(message), attempt, true);
+                    }
+                    error = message;
+                }
             }
         }
-        (Status::Failed(error), attempts)
+        (Status::Failed(error), attempts, false)
     }
 
     /// One `tools.execute` round trip.
@@ -270,7 +311,7 @@ impl Runner {
         parameters: &Value,
         attempt: u32,
         wait: Duration,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CallFailure> {
         const GONE: &str = "client disconnected";
         if self.calls.is_gone() {
             return Err(GONE.into());
@@ -290,7 +331,7 @@ impl Runner {
             },
         });
         if let Err(err) = self.app.execute(dispatch, |_, _| ()).await {
-            return Err(err.to_string());
+            return Err(err.to_string().into());
         }
         let reply = self.calls.expect(&request_id);
         let mut params = json!({
@@ -328,7 +369,7 @@ impl Runner {
                             error: error.clone(),
                             elapsed_ms,
                         },
-                        Err(error),
+                        Err(error.into()),
                     )
                 }
                 None => (
@@ -345,12 +386,13 @@ impl Runner {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_else(|| error.to_string());
+                let terminal = error["data"]["terminal"] == Value::Bool(true);
                 (
                     ToolCallOutcome::Failed {
                         error: message.clone(),
                         elapsed_ms,
                     },
-                    Err(message),
+                    Err(CallFailure { message, terminal }),
                 )
             }
             Some(ToolReply::Gone(_)) => {
@@ -385,7 +427,7 @@ impl Runner {
                 let waited = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 (
                     ToolCallOutcome::TimedOut { elapsed_ms: waited },
-                    Err(message),
+                    Err(message.into()),
                 )
             }
         };
@@ -439,5 +481,29 @@ fn seconds(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// Why a `tools.execute` round trip did not give an output.
+#[derive(Debug)]
+struct CallFailure {
+    /// The action's error text.
+    message: String,
+    /// The client said the failure is terminal (`error.data.terminal: true`, §14.5).
+    terminal: bool,
+}
+
+impl From<String> for CallFailure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            terminal: false,
+        }
+    }
+}
+
+impl From<&str> for CallFailure {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
     }
 }

@@ -109,3 +109,24 @@ pub(crate) async fn handshake(session: &mut Session, params: Value, responder: R
     });
     responder.send(result).await;
 }
+
+/// `session.clear_halt` (PROTOCOL.md §14.5): clears the calling host session's halt →
+/// `{cleared, halted: false}`; other roles are refused.
+pub(crate) async fn clear_halt(session: &mut Session, _params: Value, responder: Responder) {
+    let queued = async {
+        let command = Command::ClearHalt(car_projections::halts::ClearHalt {
+            actor: session.actor()?.clone(),
+        });
+        Ok((
+            (),
+            session
+                .queue(command, |_, events| !events.is_empty())
+                .await?,
+        ))
+    }
+    .await;
+    session.reply_when_durable(responder, queued, |(), outcome| async move {
+        let cleared = outcome?.out;
+        Ok(json!({"cleared": cleared, "halted": false}))
+    });
+}

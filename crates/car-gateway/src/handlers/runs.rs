@@ -407,53 +407,18 @@ pub(crate) async fn get_trace(session: &mut Session, params: Value, responder: R
     session.reply_after_writes(
         responder,
         prepared,
-        |app, (params, limit, actor)| async move {
-            match limit {
-                None => read_trace(&app, &actor, params).await,
-                Some(limit) => read_trace_page(&app, &actor, params, limit).await,
-            }
-        },
+        |app, (params, limit, actor)| async move { read_trace(&app, &actor, params, limit).await },
     );
 }
 
-/// A page of `runs.get_trace` (§14.4): at most `limit` records from `cursor`; `cursor`
-/// echoed, `next_cursor` the position after them, `null` once the `ended` record is read.
-async fn read_trace_page(
-    app: &App,
-    actor: &Actor,
-    params: TraceParams,
-    limit: usize,
-) -> Result<Value, RpcError> {
-    let run_id = params.run_id;
-    let found = app
-        .writer
-        .read(|state| state.readable_run(actor, &run_id).cloned())
-        .await?;
-    let Some(run) = found else {
-        return Ok(json!({"run_id": run_id, "not_found": true}));
-    };
-    let cursor = params.cursor.unwrap_or(0);
-    let position = usize::try_from(cursor).unwrap_or(usize::MAX);
-    let log = app.writer.log().clone();
-    let (records, run) = read_blocking(move || {
-        trace::trace_page(log.as_ref(), &run, position, limit, MAX_RESPONSE_BYTES).map(|r| (r, run))
-    })
-    .await?;
-    let past_the_end = run.end.is_some() && position > run.turn_count as usize + 1;
-    let ended = records.last().is_some_and(|r| r["record"] == "ended");
-    let next_cursor = (!ended && !past_the_end)
-        .then(|| position.min(run.turn_count as usize + 1) + records.len());
-    Ok(json!({
-        "run_id": run.run_id, "agent_id": run.agent_id, "records": records,
-        "cursor": cursor, "next_cursor": next_cursor,
-    }))
-}
-
-/// `runs.get_trace`'s result for `actor`, once what it reads is durable.
+/// `runs.get_trace`'s result for `actor`, once what it reads is durable; with `page`
+/// (§14.4, a negotiated session's `limit`) at most that many records, the cursor echoed
+/// and `next_cursor` the position after them, `null` once the `ended` record is read.
 pub(crate) async fn read_trace(
     app: &App,
     actor: &Actor,
     params: TraceParams,
+    page: Option<usize>,
 ) -> Result<Value, RpcError> {
     let run_id = params.run_id;
     let found = app
@@ -463,17 +428,39 @@ pub(crate) async fn read_trace(
     let Some(run) = found else {
         return Ok(json!({"run_id": run_id, "not_found": true}));
     };
-    let position = usize::try_from(params.cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+    let asked = params.cursor.unwrap_or(0);
+    let position = usize::try_from(asked).unwrap_or(usize::MAX);
     let log = app.writer.log().clone();
-    let records = read_blocking(move || {
-        trace::trace_records(log.as_ref(), &run, position, MAX_RESPONSE_BYTES).map(|r| (r, run))
+    let max_records = page.unwrap_or(usize::MAX);
+    let (records, run) = read_blocking(move || {
+        trace::trace_page(
+            log.as_ref(),
+            &run,
+            position,
+            max_records,
+            MAX_RESPONSE_BYTES,
+        )
+        .map(|r| (r, run))
     })
     .await?;
-    let (records, run) = records;
-    let cursor = position.min(run.turn_count as usize + 2) + records.len();
-    Ok(
-        json!({"run_id": run.run_id, "agent_id": run.agent_id, "records": records, "cursor": cursor}),
-    )
+    let next = position.min(run.turn_count as usize + 2) + records.len();
+    let mut answer = json!({"run_id": run.run_id, "agent_id": run.agent_id, "records": records});
+    if page.is_none() {
+        answer["cursor"] = Value::from(next);
+        return Ok(answer);
+    }
+    let past_the_end = run.end.is_some() && position > run.turn_count as usize + 1;
+    let ended = answer["records"]
+        .as_array()
+        .and_then(|r| r.last())
+        .is_some_and(|r| r["record"] == "ended");
+    answer["cursor"] = Value::from(asked);
+    answer["next_cursor"] = if ended || past_the_end {
+        Value::Null
+    } else {
+        Value::from(next)
+    };
+    Ok(answer)
 }
 
 #[derive(Debug, Deserialize)]

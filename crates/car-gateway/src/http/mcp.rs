@@ -558,7 +558,7 @@ async fn run_tool(
         "memory_query" => query(app, rpc::parse(args)?).await,
         "memory_delete" => delete_fact(app, rpc::parse(args)?).await,
         "runs_list" => runs::list_runs(app, actor, runs::ListQuery::parse(args)?).await,
-        "runs_get_trace" => runs::read_trace(app, actor, rpc::parse(args)?).await,
+        "runs_get_trace" => runs::read_trace(app, actor, rpc::parse(args)?, None).await,
         "approvals_list" => {
             approvals::list_approvals(app, actor, approvals::parse_list(args)?).await
         }

@@ -1215,3 +1215,81 @@ async fn a_host_clears_its_own_halt() {
     let cleared = host.whole_log(Some(&["session.halt_cleared"])).await;
     assert_eq!(cleared.len(), 1);
 }
+
+/// PROTOCOL.md §14.5 `proposal.result`: the final `proposal.submit` result is stored
+/// before it is sent; `in_progress` while it runs; to hosts and the same principal only;
+/// a reused id gives that principal's latest; it survives a restart.
+#[tokio::test]
+async fn proposal_result_answers_what_submit_answered_to_its_principal_and_hosts() {
+    let mut server = server(&[]).await;
+    let mut client = server.auth_client().await;
+    let id = client
+        .request(
+            "proposal.submit",
+            json!({"proposal": {"id": "job-1", "actions": [{"id": "a", "tool": "t"}]}}),
+        )
+        .await
+        .unwrap();
+    let call = client.next_tool_call().await;
+    // While its tool runs: in progress, for another session of the same principal too.
+    let mut other_client = server.auth_client().await;
+    assert_eq!(
+        other_client
+            .ok("proposal.result", json!({"proposal_id": "job-1"}))
+            .await,
+        json!({"proposal_id": "job-1", "state": "in_progress"})
+    );
+    client.reply(&call["id"], json!({"rows": 3})).await;
+    let submitted = client.response(&id).await.unwrap().unwrap();
+    let mut expected = submitted.clone();
+    expected["state"] = json!("completed");
+    assert_eq!(
+        other_client
+            .ok("proposal.result", json!({"proposal_id": "job-1"}))
+            .await,
+        expected
+    );
+    // Another principal learns nothing; a host reads it.
+    let mut agent = server.auth_agent("someone").await;
+    assert_eq!(
+        agent
+            .ok("proposal.result", json!({"proposal_id": "job-1"}))
+            .await,
+        json!({"proposal_id": "job-1", "not_found": true})
+    );
+    let mut host = server.auth_host().await;
+    assert_eq!(
+        host.ok("proposal.result", json!({"proposal_id": "job-1"}))
+            .await,
+        expected
+    );
+    // A reused id: the principal's latest.
+    let again = client
+        .submit(
+            json!({"id": "job-1", "actions": [{"id": "b", "tool": "t"}]}),
+            |_| ToolAnswer::Result(json!("second")),
+        )
+        .await;
+    let latest = other_client
+        .ok("proposal.result", json!({"proposal_id": "job-1"}))
+        .await;
+    assert_eq!(latest["outputs"], again["outputs"]);
+    assert_eq!(latest["outputs"]["b"], "second");
+    // From the log after a restart.
+    drop((client, other_client, agent, host));
+    server.stop().await.unwrap();
+    server.restart().await.unwrap();
+    let mut client = server.auth_client().await;
+    let after = client
+        .ok("proposal.result", json!({"proposal_id": "job-1"}))
+        .await;
+    assert_eq!(after, latest);
+    assert_eq!(
+        client
+            .ok("proposal.result", json!({"proposal_id": "never"}))
+            .await,
+        json!({"proposal_id": "never", "not_found": true})
+    );
+    let err = client.err("proposal.result", json!({})).await;
+    assert_eq!(err.code, -32602);
+}

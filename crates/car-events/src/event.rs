@@ -496,6 +496,18 @@ pub struct HaltCleared {
     pub client_id: String,
 }
 
+/// The final `proposal.submit` result, recorded before it is sent (PROTOCOL.md §14.5), for
+/// `proposal.result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalResultRecorded {
+    /// The proposal.
+    pub proposal_id: String,
+    /// Who may read it besides hosts: `agent:<agent_id>`, `client` or `host`.
+    pub principal: String,
+    /// The result exactly as `proposal.submit` answers it.
+    pub result: JsonText,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -583,6 +595,8 @@ events! {
     SessionHalted(SessionHalted) = "session.halted",
     /// A session's halt was cleared.
     HaltCleared(HaltCleared) = "session.halt_cleared",
+    /// A proposal's final result.
+    ProposalResultRecorded(ProposalResultRecorded) = "proposal.result",
 }
 
 impl Event {

@@ -256,6 +256,14 @@ impl Serialize for Canonical<'_> {
         map.serialize_entry("host_feed", state.host_feed())?;
         // Only once memory was ever written, so that the digest of a state without memory
         // is what it was before memory existed (digests stay comparable across versions).
+        // Likewise for stored proposal results (PROTOCOL.md §14.5).
+        if state.proposal_results().next().is_some() {
+            let results: Vec<Value> = state
+                .proposal_results()
+                .map(|(id, principal, seq)| json!({"proposal_id": id, "principal": principal, "seq": seq}))
+                .collect();
+            map.serialize_entry("proposal_results", &results)?;
+        }
         if state.memory().scopes().next().is_some() {
             map.serialize_entry("memory", &MemoryDoc(state.memory()))?;
         }

@@ -389,6 +389,8 @@ pub enum Command {
     SubmitProposal(ProposalSubmitted),
     /// A proposal finished.
     FinishProposal(ProposalFinished),
+    /// A proposal finished with this result, recorded before it is sent (§14.5).
+    CompleteProposal(ProposalFinished, car_events::event::ProposalResultRecorded),
     /// A tool call is sent.
     DispatchToolCall(DispatchToolCall),
     /// A tool call ended.
@@ -437,6 +439,16 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
                 )));
             }
             Ok(vec![Event::ProposalSubmitted(c.clone())])
+        }
+        Command::CompleteProposal(finished, result) => {
+            Ok(if state.proposal(&finished.proposal_id).is_some() {
+                vec![
+                    Event::ProposalResultRecorded(result.clone()),
+                    Event::ProposalFinished(finished.clone()),
+                ]
+            } else {
+                vec![]
+            })
         }
         Command::FinishProposal(c) => Ok(if state.proposal(&c.proposal_id).is_some() {
             vec![Event::ProposalFinished(c.clone())]

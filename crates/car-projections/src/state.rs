@@ -453,6 +453,9 @@ pub struct State {
     subscriptions: BTreeMap<String, Subscription>,
     tool_calls: BTreeMap<String, ToolCall>,
     proposals: BTreeMap<String, Proposal>,
+    /// Where each proposal's final result is in the log, by (proposal id, principal): the
+    /// latest result of a reused id (`proposal.result` reads it back from the log).
+    proposal_results: BTreeMap<(String, String), Seq>,
     /// Seqs of the last [`HOST_FEED_WINDOW`] host-feed events, ascending.
     host_feed: VecDeque<Seq>,
     /// Memory: its own slice, folded by [`Memory::apply`].
@@ -737,6 +740,13 @@ impl State {
             | Event::MemoryFactDeleted(_)
             | Event::MemoryScopeLoaded(_)
             | Event::MemoryScopePersisted(_) => self.memory.apply(env)?,
+            Event::ProposalResultRecorded(e) => {
+                if !self.proposals.contains_key(&e.proposal_id) {
+                    return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
+                }
+                self.proposal_results
+                    .insert((e.proposal_id.clone(), e.principal.clone()), seq);
+            }
             Event::SessionHalted(e) => self.set_halted(&e.client_id, true)?,
             Event::HaltCleared(e) => self.set_halted(&e.client_id, false)?,
         }
@@ -1000,6 +1010,23 @@ impl State {
         self.proposals.get(id)
     }
 
+    /// The seq of the latest `proposal.result` of proposal `id` that `principal` made; for
+    /// `None`, the latest of anyone's (a host's read).
+    pub fn proposal_result(&self, principal: Option<&str>, id: &str) -> Option<Seq> {
+        match principal {
+            Some(principal) => self
+                .proposal_results
+                .get(&(id.to_owned(), principal.to_owned()))
+                .copied(),
+            None => self
+                .proposal_results
+                .range((id.to_owned(), String::new())..)
+                .take_while(|((pid, _), _)| pid == id)
+                .map(|(_, seq)| *seq)
+                .max(),
+        }
+    }
+
     /// Seqs of the recent host-feed events, ascending (at most [`HOST_FEED_WINDOW`]).
     pub fn host_feed(&self) -> &VecDeque<Seq> {
         &self.host_feed
@@ -1013,5 +1040,12 @@ impl State {
     /// Every proposal in progress, by id.
     pub fn proposals(&self) -> impl Iterator<Item = &Proposal> {
         self.proposals.values()
+    }
+
+    /// Every stored proposal result: `(proposal id, principal, seq)`, by id.
+    pub fn proposal_results(&self) -> impl Iterator<Item = (&str, &str, Seq)> {
+        self.proposal_results
+            .iter()
+            .map(|((id, principal), seq)| (id.as_str(), principal.as_str(), *seq))
     }
 }

@@ -39,10 +39,10 @@ use car_events::event::{
     ApprovalExpired, ApprovalRequested, ApprovalResolved, DaemonRecovered, DaemonStarted,
     DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason, MemoryFact,
     MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted, ProposalFinished,
-    ProposalSubmitted, Role, RunEnded, RunEvicted, RunStarted, SessionAuthenticated, SessionClosed,
-    SessionHalted, SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget,
-    Termination, ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
-    ToolCallTimedOut, TurnsRecorded,
+    ProposalResultRecorded, ProposalSubmitted, Role, RunEnded, RunEvicted, RunStarted,
+    SessionAuthenticated, SessionClosed, SessionHalted, SessionOpened, SubscriptionClosed,
+    SubscriptionOpened, SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted,
+    ToolCallDispatched, ToolCallFailed, ToolCallTimedOut, TurnsRecorded,
 };
 use car_events::{
     Envelope, Event, EventJson, EventLog, JsonText, ManualClock, OpenOptions, SCHEMA_VERSION, Seq,
@@ -76,6 +76,7 @@ fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
         1 => Some(golden_v1),
         2 => Some(golden_v2),
         3 => Some(golden_v3),
+        4 => Some(golden_v4),
         _ => None,
     }
 }
@@ -1199,6 +1200,79 @@ fn golden_v3() -> Vec<Envelope> {
     stamp("2026-12-02T09:00:00.000Z", 20_261_202, events)
 }
 
+/// Fixture v4: a proposal's final result stored before it is sent (PROTOCOL.md §14.5).
+fn golden_v4() -> Vec<Envelope> {
+    let result = serde_json::json!({
+        "proposal_id": "prop-7",
+        "final_state": "completed",
+        "outputs": {"read": {"bytes": 42}},
+        "errors": {},
+        "results": [{"action_id": "read", "status": "succeeded", "output": {"bytes": 42}, "attempts": 1}],
+    });
+    let events = vec![
+        (
+            0,
+            Event::from(DaemonStarted {
+                version: s("0.4.0"),
+                pid: 8484,
+                data_dir: s("/var/lib/car"),
+                listen: s("127.0.0.1:9100"),
+            }),
+        ),
+        (
+            25,
+            Event::from(SessionOpened {
+                client_id: s("sess-agent-7"),
+                peer: s("127.0.0.1:53700"),
+                role: None,
+                agent_id: None,
+            }),
+        ),
+        (
+            3,
+            Event::from(SessionAuthenticated {
+                client_id: s("sess-agent-7"),
+                role: Role::Agent,
+                agent_id: Some(s("agent-reader")),
+            }),
+        ),
+        (
+            120,
+            Event::from(ProposalSubmitted {
+                proposal_id: s("prop-7"),
+                client_id: s("sess-agent-7"),
+                run_id: None,
+                action_ids: vec![s("read")],
+            }),
+        ),
+        (
+            900,
+            Event::from(ProposalResultRecorded {
+                proposal_id: s("prop-7"),
+                principal: s("agent:agent-reader"),
+                result: JsonText::from(result),
+            }),
+        ),
+        (
+            0,
+            Event::from(ProposalFinished {
+                proposal_id: s("prop-7"),
+                final_state: s("completed"),
+            }),
+        ),
+        (
+            40,
+            Event::from(SessionClosed {
+                client_id: s("sess-agent-7"),
+                role: Some(Role::Agent),
+                agent_id: Some(s("agent-reader")),
+                reason: s("closed"),
+            }),
+        ),
+    ];
+    stamp("2026-12-02T10:00:00.000Z", 20_261_203, events)
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading and (once) writing the fixture files.
 
@@ -1667,7 +1741,12 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             action_id: _,
             error: _,
         })
-        | Event::HaltCleared(HaltCleared { client_id: _ }) => vec![],
+        | Event::HaltCleared(HaltCleared { client_id: _ })
+        | Event::ProposalResultRecorded(ProposalResultRecorded {
+            proposal_id: _,
+            principal: _,
+            result: _,
+        }) => vec![],
     }
 }
 

@@ -21,7 +21,7 @@ use crate::session::{Deferred, Responder, Session};
 const NEVER_GATED: [&str; 2] = ["session.auth", "server.handshake"];
 /// Methods that never write: they run even while the session's own events wait for the
 /// log (see `Session::unrecorded`). Every other method may write, so it first records them.
-const READ_ONLY: [&str; 12] = [
+const READ_ONLY: [&str; 13] = [
     "session.auth",
     "server.handshake",
     "tools.list",
@@ -34,6 +34,7 @@ const READ_ONLY: [&str; 12] = [
     "memory.query",
     "memory.build_context",
     "memory.fact_count",
+    "proposal.result",
 ];
 
 /// Answers one call.
@@ -104,6 +105,7 @@ pub(crate) async fn route(
         "tools.register" => tools::register(session, params, responder).await,
         "tools.list" => tools::list(session, params, responder).await,
         "proposal.submit" => proposals::submit(session, params, responder).await,
+        "proposal.result" => proposals::result(session, params, responder).await,
         "runs.start" => runs::start(session, params, responder).await,
         "runs.record_turns" => runs::record_turns(session, params, responder).await,
         "runs.record_model_turn" => runs::record_model_turn(session, params, responder).await,

@@ -10,17 +10,22 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use car_events::event::{ProposalFinished, ProposalSubmitted, SessionHalted, ToolCallDispatched};
+use car_events::JsonText;
+use car_events::event::{
+    Event, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role, SessionHalted,
+    ToolCallDispatched,
+};
 use car_projections::decide::{
     AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
 };
-use car_projections::{Actor, halts};
+use car_projections::{Actor, State, halts};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::app::App;
 use crate::gate;
 use crate::outbound::Outbound;
+use crate::reads::read_blocking;
 use crate::rpc::{self, RpcError};
 use crate::session::{Responder, Session};
 use crate::tools::{CallTable, Policy, ToolReply};
@@ -210,20 +215,29 @@ impl Runner {
         }
         failed |= stopped;
         let final_state = if failed { "failed" } else { "completed" };
-        let finished = Command::FinishProposal(ProposalFinished {
-            proposal_id: self.proposal_id.clone(),
-            final_state: final_state.into(),
-        });
-        if let Err(err) = self.app.execute(finished, |_, _| ()).await {
-            tracing::warn!(%err, proposal_id = %self.proposal_id, "could not record the end of a proposal");
-        }
-        Ok(json!({
+        let result = json!({
             "proposal_id": self.proposal_id,
             "final_state": final_state,
             "outputs": outputs,
             "errors": errors,
             "results": results,
-        }))
+        });
+        // The result is stored before it is sent (§14.5), for `proposal.result`.
+        let finished = Command::CompleteProposal(
+            ProposalFinished {
+                proposal_id: self.proposal_id.clone(),
+                final_state: final_state.into(),
+            },
+            ProposalResultRecorded {
+                proposal_id: self.proposal_id.clone(),
+                principal: principal(&self.actor),
+                result: JsonText::from_value(&result),
+            },
+        );
+        if let Err(err) = self.app.execute(finished, |_, _| ()).await {
+            tracing::warn!(%err, proposal_id = %self.proposal_id, "could not record the end of a proposal");
+        }
+        Ok(result)
     }
 
     /// Records that a terminal tool failure halted this session (§14.5).
@@ -506,4 +520,78 @@ impl From<&str> for CallFailure {
     fn from(message: &str) -> Self {
         message.to_owned().into()
     }
+}
+
+/// Who may read a proposal's result besides hosts (§14.5): `agent:<agent_id>`, or `client`
+/// for every client session (their one credential is the daemon token, so nothing tells
+/// them apart after a reconnect), or `host`.
+fn principal(actor: &Actor) -> String {
+    match (actor.role, actor.bound_agent()) {
+        (_, Some(agent_id)) => format!("agent:{agent_id}"),
+        (Role::Host, None) => "host".to_owned(),
+        _ => "client".to_owned(),
+    }
+}
+
+/// The principal of the session that submitted a live proposal.
+fn submitter(state: &State, client_id: &str) -> String {
+    match state.session(client_id) {
+        Some(session) => match (session.role, session.agent_id.as_deref()) {
+            (Some(Role::Agent), Some(agent_id)) => format!("agent:{agent_id}"),
+            (Some(Role::Host), _) => "host".to_owned(),
+            _ => "client".to_owned(),
+        },
+        None => "client".to_owned(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ResultParams {
+    proposal_id: String,
+}
+
+/// `proposal.result` (ext, §14.5): the stored `proposal.submit` result plus `state:
+/// "completed"`; `{proposal_id, state: "in_progress"}` while it runs; else
+/// `{proposal_id, not_found: true}`. Hosts read anyone's; others their principal's.
+pub(crate) async fn result(session: &mut Session, params: Value, responder: Responder) {
+    let prepared =
+        rpc::parse::<ResultParams>(params).and_then(|p| Ok((p, session.actor()?.clone())));
+    session.reply_after_writes(responder, prepared, |app, (params, actor)| async move {
+        let id = params.proposal_id;
+        let caller = (!actor.has_host_rights()).then(|| principal(&actor));
+        let found = app
+            .writer
+            .read(|state| {
+                let running = state.proposal(&id).is_some_and(|p| {
+                    caller
+                        .as_deref()
+                        .is_none_or(|c| submitter(state, &p.client_id) == c)
+                });
+                if running {
+                    return Err(());
+                }
+                Ok(state.proposal_result(caller.as_deref(), &id))
+            })
+            .await?;
+        let seq = match found {
+            Err(()) => return Ok(json!({"proposal_id": id, "state": "in_progress"})),
+            Ok(None) => return Ok(json!({"proposal_id": id, "not_found": true})),
+            Ok(Some(seq)) => seq,
+        };
+        let log = app.writer.log().clone();
+        let event = read_blocking(move || log.get(seq)).await?;
+        match event.map(|env| env.event) {
+            Some(Event::ProposalResultRecorded(recorded)) => {
+                let mut result = recorded.result.to_value();
+                result["state"] = Value::from("completed");
+                Ok(result)
+            }
+            other => {
+                tracing::error!(seq, ?other, "a proposal result's seq holds another event");
+                Err(RpcError::Internal(
+                    "internal error: the event log could not be read".into(),
+                ))
+            }
+        }
+    });
 }

@@ -3,8 +3,9 @@
 //! replies to tool calls that already ended.
 
 use car_events::event::{
-    ProposalFinished, ProposalSubmitted, SubscriptionClosed, SubscriptionOpened,
-    SubscriptionTarget, ToolCallCancelled, ToolCallCompleted, ToolCallFailed, ToolCallTimedOut,
+    ProposalFinished, ProposalResultRecorded, ProposalSubmitted, SubscriptionClosed,
+    SubscriptionOpened, SubscriptionTarget, ToolCallCancelled, ToolCallCompleted, ToolCallFailed,
+    ToolCallTimedOut,
 };
 use car_events::{Event, JsonText};
 use car_projections::decide::{
@@ -249,6 +250,25 @@ fn completed(output: serde_json::Value) -> ToolCallOutcome {
     given![calls(), Event::from(ProposalSubmitted { proposal_id: "p1".into(), client_id: "c1".into(), run_id: None, action_ids: vec![] })],
     Command::FinishProposal(ProposalFinished { proposal_id: "p1".into(), final_state: "completed".into() }),
     event(ProposalFinished { proposal_id: "p1".into(), final_state: "completed".into() }),
+)]
+#[case::a_proposal_completes_with_its_result_stored_before_it_finishes(
+    given![calls(), Event::from(ProposalSubmitted { proposal_id: "p1".into(), client_id: "c1".into(), run_id: None, action_ids: vec![] })],
+    Command::CompleteProposal(
+        ProposalFinished { proposal_id: "p1".into(), final_state: "completed".into() },
+        ProposalResultRecorded { proposal_id: "p1".into(), principal: "client".into(), result: JsonText::from(serde_json::json!({"proposal_id": "p1"})) },
+    ),
+    crate::gwt::events(vec![
+        Event::from(ProposalResultRecorded { proposal_id: "p1".into(), principal: "client".into(), result: JsonText::from(serde_json::json!({"proposal_id": "p1"})) }),
+        Event::from(ProposalFinished { proposal_id: "p1".into(), final_state: "completed".into() }),
+    ]),
+)]
+#[case::a_proposal_not_in_progress_does_not_complete(
+    calls(),
+    Command::CompleteProposal(
+        ProposalFinished { proposal_id: "p1".into(), final_state: "completed".into() },
+        ProposalResultRecorded { proposal_id: "p1".into(), principal: "client".into(), result: JsonText::from(serde_json::json!({})) },
+    ),
+    nothing(),
 )]
 #[case::a_proposal_not_in_progress_does_not_finish(
     calls(),

@@ -372,6 +372,30 @@ async fn start_together(go: &Barrier) -> anyhow::Result<()> {
         .map_err(|_| anyhow!("a client failed to set up within {CALL_TIMEOUT:?}"))
 }
 
+/// Runs one closed-loop driver per connection, all started together at a barrier; sums
+/// what they acknowledged inside their window and merges their latencies.
+async fn drive<F, Fut>(conns: Vec<Conn>, driver: F) -> anyhow::Result<(u64, Histogram<u64>)>
+where
+    F: Fn(usize, Conn, Arc<Barrier>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(u64, Histogram<u64>)>> + Send + 'static,
+{
+    let go = Arc::new(Barrier::new(conns.len() + 1));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| tokio::spawn(driver(i, conn, go.clone())))
+        .collect();
+    start_together(&go).await?;
+    let mut acked = 0u64;
+    let mut latency = histogram();
+    for task in tasks {
+        let (n, hist) = task.await.context("a client task panicked")??;
+        acked += n;
+        latency.add(&hist).map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok((acked, latency))
+}
+
 /// The small part of a response the drivers look at.
 #[derive(Debug, Deserialize)]
 struct Ack {
@@ -402,23 +426,10 @@ async fn throughput(options: &BenchOptions, clients: usize, batch: usize) -> any
         json!({"token": fresh.server.auth_token}),
     )
     .await?;
-    let go = Arc::new(Barrier::new(clients + 1));
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, conn)| {
-            let go = go.clone();
-            tokio::spawn(async move { record_loop(conn, i, batch, window, go).await })
-        })
-        .collect();
-    start_together(&go).await?;
-    let mut turns = 0u64;
-    let mut latency = histogram();
-    for task in tasks {
-        let (acked, hist) = task.await.context("a client task panicked")??;
-        turns += acked;
-        latency.add(&hist).map_err(|e| anyhow!("{e}"))?;
-    }
+    let (turns, latency) = drive(conns, move |i, conn, go| {
+        record_loop(conn, i, batch, window, go)
+    })
+    .await?;
     fresh.stop().await?;
     let per_sec = turns as f64 / window.as_secs_f64();
     let (p50, p99) = (
@@ -977,23 +988,8 @@ async fn add_fact_throughput(options: &BenchOptions, clients: usize) -> anyhow::
             json!({"token": fresh.server.auth_token, "memory_namespace": format!("bench-{i}")});
         conns.push(Conn::authenticated(fresh.server.addr, params).await?);
     }
-    let go = Arc::new(Barrier::new(clients + 1));
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, conn)| {
-            let go = go.clone();
-            tokio::spawn(async move { add_fact_loop(conn, i, window, go).await })
-        })
-        .collect();
-    start_together(&go).await?;
-    let mut facts = 0u64;
-    let mut latency = histogram();
-    for task in tasks {
-        let (acked, hist) = task.await.context("a client task panicked")??;
-        facts += acked;
-        latency.add(&hist).map_err(|e| anyhow!("{e}"))?;
-    }
+    let (facts, latency) =
+        drive(conns, move |i, conn, go| add_fact_loop(conn, i, window, go)).await?;
     fresh.stop().await?;
     let per_sec = facts as f64 / window.as_secs_f64();
     let (p50, p99) = (

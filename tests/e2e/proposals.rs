@@ -26,7 +26,7 @@ use crate::runs::{full_trace, start};
 use crate::{builder, server};
 
 /// The log kinds of proposals and tool calls.
-const TOOL_KINDS: [&str; 7] = [
+const TOOL_KINDS: [&str; 8] = [
     "proposal.submitted",
     "proposal.finished",
     "tool_call.dispatched",
@@ -34,6 +34,7 @@ const TOOL_KINDS: [&str; 7] = [
     "tool_call.failed",
     "tool_call.timed_out",
     "tool_call.cancelled",
+    "tool_call.indeterminate",
 ];
 
 /// The `action_id` of a `tools.execute` request.
@@ -1066,13 +1067,19 @@ async fn calls_in_flight_when_the_daemon_stops_or_crashes_end_in_the_log() {
             told[..2],
             ["proposal.submitted", "tool_call.dispatched a#1"]
         );
-        assert_eq!(told[2], "tool_call.cancelled a#1", "{told:?}");
         assert_eq!(told[3], "proposal.finished failed");
-        let cancelled = call_event(&events, "tool_call.cancelled", &call["id"]);
-        let reason = cancelled["data"]["reason"].as_str().unwrap();
         if crash {
-            assert_eq!(reason, "daemon_restart");
+            // §14.5: after a crash the call's outcome is unknown, not "cancelled".
+            assert_eq!(told[2], "tool_call.indeterminate a#1", "{told:?}");
+            let unknown = call_event(&events, "tool_call.indeterminate", &call["id"]);
+            assert_eq!(
+                unknown["data"]["error"],
+                "outcome unknown: the daemon stopped during dispatch"
+            );
         } else {
+            assert_eq!(told[2], "tool_call.cancelled a#1", "{told:?}");
+            let cancelled = call_event(&events, "tool_call.cancelled", &call["id"]);
+            let reason = cancelled["data"]["reason"].as_str().unwrap();
             assert!(
                 ["disconnected", "daemon_shutdown"].contains(&reason),
                 "{cancelled}"
@@ -1292,4 +1299,77 @@ async fn proposal_result_answers_what_submit_answered_to_its_principal_and_hosts
     );
     let err = client.err("proposal.result", json!({})).await;
     assert_eq!(err.code, -32602);
+}
+
+/// PROTOCOL.md §14.5, the crash: a SIGKILL while a tool call is in flight. At the next
+/// start the call's outcome is `indeterminate` (never dispatched again), its proposal is
+/// completed `failed` (the earlier action as it ended, the call's action `indeterminate`,
+/// the rest `skipped`), the cut-off action is a turn of the run before it ends
+/// `incomplete`, and `proposal.result` answers for the proposal the client saw accepted.
+#[tokio::test]
+async fn a_tool_call_in_flight_at_a_crash_is_indeterminate_and_its_proposal_completes() {
+    let mut server = server(&[]).await;
+    let mut agent = server.auth_agent("a").await;
+    let run = start(&mut agent, "a").await;
+    let actions = json!([
+        {"id": "first", "tool": "t"},
+        {"id": "second", "tool": "t", "parameters": {"n": 2}},
+        {"id": "third", "tool": "t"},
+    ]);
+    agent
+        .request(
+            "proposal.submit",
+            json!({"proposal": {"id": "crash-1", "actions": actions}}),
+        )
+        .await
+        .unwrap();
+    let call = agent.next_tool_call().await;
+    agent.reply(&call["id"], json!("one")).await;
+    let in_flight = agent.next_tool_call().await;
+    assert_eq!(action_of(&in_flight), "second");
+    server.kill().await.unwrap();
+    server.restart().await.unwrap();
+
+    let mut agent = server.auth_agent("a").await;
+    let error = "outcome unknown: the daemon stopped during dispatch";
+    let result = agent
+        .ok("proposal.result", json!({"proposal_id": "crash-1"}))
+        .await;
+    assert_eq!(
+        result,
+        json!({
+            "proposal_id": "crash-1",
+            "final_state": "failed",
+            "outputs": {"first": "one"},
+            "errors": {"second": error},
+            "results": [
+                {"action_id": "first", "status": "succeeded", "output": "one", "attempts": 1},
+                {"action_id": "second", "status": "indeterminate", "error": error, "attempts": 1},
+                {"action_id": "third", "status": "skipped", "attempts": 0},
+            ],
+            "state": "completed",
+        })
+    );
+    let trace = full_trace(&mut agent, &run).await;
+    let records = trace["records"].as_array().unwrap();
+    let outputs: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["record"] == "turn")
+        .map(|r| &r["output"])
+        .collect();
+    assert_eq!(outputs, [&json!("one"), &json!(error)]);
+    assert_eq!(
+        records.last().unwrap()["termination"],
+        json!({"kind": "incomplete", "reason": "daemon_restart"})
+    );
+    let mut host = server.auth_host().await;
+    let dispatched = host.whole_log(Some(&["tool_call.dispatched"])).await;
+    assert_eq!(
+        dispatched.len(),
+        2,
+        "nothing dispatched again: {dispatched:?}"
+    );
+    let indeterminate = host.whole_log(Some(&["tool_call.indeterminate"])).await;
+    assert_eq!(indeterminate.len(), 1);
+    assert_eq!(indeterminate[0]["data"]["request_id"], in_flight["id"]);
 }

@@ -508,6 +508,36 @@ pub struct ProposalResultRecorded {
     pub result: JsonText,
 }
 
+/// One action of a proposal ended (PROTOCOL.md §14.5): how, as `proposal.submit`'s
+/// `results[]` shows it. With the dispatch markers, what start-up needs to complete a
+/// proposal cut off by a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalActionFinished {
+    /// The proposal.
+    pub proposal_id: String,
+    /// The action.
+    pub action_id: String,
+    /// `succeeded`, `failed`, `rejected` or `indeterminate`.
+    pub status: String,
+    /// The output, when it succeeded.
+    pub output: Option<JsonText>,
+    /// The error text, when it did not.
+    pub error: Option<String>,
+    /// `tools.execute` attempts made.
+    pub attempts: u32,
+}
+
+/// A tool call found without an outcome at start-up: the daemon stopped during its
+/// dispatch, so whether the tool acted is unknown (PROTOCOL.md §14.5). It is never
+/// dispatched again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallIndeterminate {
+    /// The call.
+    pub request_id: String,
+    /// What its action's result says.
+    pub error: String,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -597,6 +627,10 @@ events! {
     HaltCleared(HaltCleared) = "session.halt_cleared",
     /// A proposal's final result.
     ProposalResultRecorded(ProposalResultRecorded) = "proposal.result",
+    /// One action of a proposal ended.
+    ProposalActionFinished(ProposalActionFinished) = "proposal.action_finished",
+    /// A tool call's outcome is unknown (found open at start-up).
+    ToolCallIndeterminate(ToolCallIndeterminate) = "tool_call.indeterminate",
 }
 
 impl Event {

@@ -52,6 +52,11 @@ impl Actor {
         self.unrestricted || self.role == Role::Host
     }
 
+    /// Who may read this session's proposal results besides hosts (PROTOCOL.md §14.5).
+    pub fn principal(&self) -> String {
+        principal(Some(self.role), self.bound_agent())
+    }
+
     /// The agent identity it is bound to, if it is an `agent` session.
     pub fn bound_agent(&self) -> Option<&str> {
         if self.role == Role::Agent {
@@ -59,5 +64,17 @@ impl Actor {
         } else {
             None
         }
+    }
+}
+
+/// The principal of a session with `role` (and `agent_id` when it is an agent session), as
+/// `proposal.result` tells them apart (§14.5): `agent:<agent_id>`; `client` for every
+/// client session (their one credential is the daemon token, so nothing tells them apart
+/// after a reconnect); `host`.
+pub fn principal(role: Option<Role>, agent_id: Option<&str>) -> String {
+    match (role, agent_id) {
+        (Some(Role::Agent), Some(agent_id)) => format!("agent:{agent_id}"),
+        (Some(Role::Host), _) => "host".to_owned(),
+        _ => "client".to_owned(),
     }
 }

@@ -245,12 +245,22 @@ impl Serialize for Canonical<'_> {
         map.serialize_entry(
             "proposals",
             &Items::new(state.proposals().map(|p| {
-                json!({
+                let mut proposal = json!({
                     "proposal_id": p.proposal_id,
                     "client_id": p.client_id,
                     "run_id": p.run_id,
                     "submitted_seq": p.submitted_seq,
-                })
+                });
+                // Only when there are any (§14.5), so earlier states' digests stay as they
+                // were; the action ids come from the proposal's own event.
+                if !p.finished.is_empty() {
+                    proposal["finished"] = p
+                        .finished
+                        .iter()
+                        .map(|(f, seq)| json!([f.action_id, f.status, f.attempts, seq]))
+                        .collect();
+                }
+                proposal
             })),
         )?;
         map.serialize_entry("host_feed", state.host_feed())?;

@@ -389,6 +389,12 @@ pub enum Command {
     SubmitProposal(ProposalSubmitted),
     /// A proposal finished.
     FinishProposal(ProposalFinished),
+    /// One action of a proposal ended (§14.5), with its turn in the proposal's run, if
+    /// any (the turn is left out when the run refuses it: ended, full, …).
+    FinishAction(
+        car_events::event::ProposalActionFinished,
+        Option<RecordTurns>,
+    ),
     /// A proposal finished with this result, recorded before it is sent (§14.5).
     CompleteProposal(ProposalFinished, car_events::event::ProposalResultRecorded),
     /// A tool call is sent.
@@ -439,6 +445,16 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
                 )));
             }
             Ok(vec![Event::ProposalSubmitted(c.clone())])
+        }
+        Command::FinishAction(finished, turn) => {
+            if state.proposal(&finished.proposal_id).is_none() {
+                return Ok(vec![]);
+            }
+            let mut events = vec![Event::ProposalActionFinished(finished.clone())];
+            if let Some(turn) = turn {
+                events.extend(record_turns(state, turn).unwrap_or_default());
+            }
+            Ok(events)
         }
         Command::CompleteProposal(finished, result) => {
             Ok(if state.proposal(&finished.proposal_id).is_some() {

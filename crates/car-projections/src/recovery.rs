@@ -5,16 +5,28 @@
 //! Applying the events and calling the function again returns nothing, so a recovery that
 //! a crash interrupted simply completes at the next start, without duplicates.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use car_events::JsonText;
 use car_events::event::{
     ApprovalExpired, DaemonRecovered, DaemonStopped, Event, EvictionReason, IncompleteReason,
-    ProposalFinished, RunEnded, RunEvicted, SessionClosed, SubscriptionClosed, Termination,
-    ToolCallCancelled,
+    ProposalActionFinished, ProposalFinished, ProposalResultRecorded, RunEnded, RunEvicted,
+    SessionClosed, SubscriptionClosed, Termination, ToolCallCancelled, ToolCallIndeterminate,
+    TurnsRecorded,
 };
 use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Map, Value, json};
 
-use crate::state::{ApprovalStatus, State};
+use crate::access::principal;
+use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, Proposal, State, ToolCall};
+use crate::turns;
+
+/// The error of an action whose tool call was in flight when the daemon stopped
+/// (PROTOCOL.md §14.5).
+pub const INDETERMINATE: &str = "outcome unknown: the daemon stopped during dispatch";
+/// The error of an earlier action whose outcome the log does not hold (written before
+/// outcomes were recorded).
+const UNRECORDED: &str = "outcome unknown: not recorded in the log";
 
 /// Default `--run-retention`: 30 days.
 pub const DEFAULT_RETENTION_DAYS: i64 = 30;
@@ -79,26 +91,36 @@ pub fn summarize(events: &[Event], events_replayed: u64) -> DaemonRecovered {
         sessions_closed: count(&|e| matches!(e, Event::SessionClosed(_))),
         approvals_expired: count(&|e| matches!(e, Event::ApprovalExpired(_))),
         subscriptions_closed: count(&|e| matches!(e, Event::SubscriptionClosed(_))),
-        tool_calls_cancelled: count(&|e| matches!(e, Event::ToolCallCancelled(_))),
+        tool_calls_cancelled: count(&|e| {
+            matches!(
+                e,
+                Event::ToolCallCancelled(_) | Event::ToolCallIndeterminate(_)
+            )
+        }),
         runs_evicted: count(&|e| matches!(e, Event::RunEvicted(_))),
     }
 }
 
 fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event> {
     let why = reason.as_str();
-    let mut events = Vec::new();
-    for call in state.tool_calls() {
-        events.push(Event::ToolCallCancelled(ToolCallCancelled {
-            request_id: call.dispatch.request_id.clone(),
-            reason: why.into(),
-        }));
-    }
-    for proposal in state.proposals() {
-        events.push(Event::ProposalFinished(ProposalFinished {
-            proposal_id: proposal.proposal_id.clone(),
-            final_state: "failed".into(),
-        }));
-    }
+    let mut events = if reason == IncompleteReason::DaemonRestart {
+        complete_cut_off_proposals(state)
+    } else {
+        let mut events = Vec::new();
+        for call in state.tool_calls() {
+            events.push(Event::ToolCallCancelled(ToolCallCancelled {
+                request_id: call.dispatch.request_id.clone(),
+                reason: why.into(),
+            }));
+        }
+        for proposal in state.proposals() {
+            events.push(Event::ProposalFinished(ProposalFinished {
+                proposal_id: proposal.proposal_id.clone(),
+                final_state: "failed".into(),
+            }));
+        }
+        events
+    };
     for sub in state.subscriptions() {
         events.push(Event::SubscriptionClosed(SubscriptionClosed {
             subscription_id: sub.subscription_id.clone(),
@@ -129,6 +151,180 @@ fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event
         }
     }
     events
+}
+
+/// After a crash (PROTOCOL.md §14.5): every tool call found without an outcome gets the
+/// outcome `indeterminate` (it is never dispatched again), and every proposal cut off is
+/// completed: `final_state: "failed"`, the action whose call was in flight
+/// `indeterminate`, the actions after it `skipped`, its result stored for
+/// `proposal.result`, and the indeterminate action added to its run as a turn (before the
+/// run ends `incomplete`).
+fn complete_cut_off_proposals(state: &State) -> Vec<Event> {
+    let mut calls: Vec<&ToolCall> = state.tool_calls().collect();
+    calls.sort_by_key(|call| call.dispatched_seq);
+    let indeterminate = |call: &ToolCall| {
+        Event::ToolCallIndeterminate(ToolCallIndeterminate {
+            request_id: call.dispatch.request_id.clone(),
+            error: INDETERMINATE.into(),
+        })
+    };
+    // Each step below is decided from what the steps before it left in the state, so a
+    // recovery cut short anywhere completes, at the next start, with exactly the rest.
+    let mut events = Vec::new();
+    let mut turns_added: HashMap<&str, u32> = HashMap::new();
+    for proposal in state.proposals() {
+        let mine: Vec<&ToolCall> = calls
+            .iter()
+            .copied()
+            .filter(|call| call.dispatch.proposal_id == proposal.proposal_id)
+            .collect();
+        let mut finished: Vec<ProposalActionFinished> =
+            proposal.finished.iter().map(|(f, _)| f.clone()).collect();
+        if let Some(call) = mine.last() {
+            let recorded = proposal
+                .finished
+                .iter()
+                .find(|(f, _)| f.action_id == call.dispatch.action_id);
+            // The turn goes in after the outcome and before the call is closed; it is
+            // there already when the run has a batch after the outcome's event.
+            let needs_turn = match recorded {
+                None => {
+                    let outcome = ProposalActionFinished {
+                        proposal_id: proposal.proposal_id.clone(),
+                        action_id: call.dispatch.action_id.clone(),
+                        status: "indeterminate".into(),
+                        output: None,
+                        error: Some(INDETERMINATE.into()),
+                        attempts: call.dispatch.attempt,
+                    };
+                    events.push(Event::ProposalActionFinished(outcome.clone()));
+                    finished.push(outcome);
+                    true
+                }
+                Some((f, seq)) => f.status == "indeterminate" && !turn_after(state, proposal, *seq),
+            };
+            if needs_turn {
+                if let Some(turn) = indeterminate_turn(state, proposal, call, &mut turns_added) {
+                    events.push(turn);
+                }
+            }
+        }
+        events.extend(mine.iter().map(|call| indeterminate(call)));
+        let client = state.session(&proposal.client_id);
+        let principal = principal(
+            client.and_then(|s| s.role),
+            client.and_then(|s| s.agent_id.as_deref()),
+        );
+        let stored = state
+            .proposal_result(Some(&principal), &proposal.proposal_id)
+            .is_some_and(|seq| seq > proposal.submitted_seq);
+        if !stored {
+            events.push(Event::ProposalResultRecorded(ProposalResultRecorded {
+                proposal_id: proposal.proposal_id.clone(),
+                principal,
+                result: JsonText::from_value(&failed_result(proposal, &finished)),
+            }));
+        }
+        events.push(Event::ProposalFinished(ProposalFinished {
+            proposal_id: proposal.proposal_id.clone(),
+            final_state: "failed".into(),
+        }));
+    }
+    // Calls of no proposal in progress (none are made so; kept for any log that has one).
+    events.extend(
+        calls
+            .iter()
+            .filter(|call| state.proposal(&call.dispatch.proposal_id).is_none())
+            .map(|call| indeterminate(call)),
+    );
+    events
+}
+
+/// Whether the proposal's run got a turn batch after `seq`.
+fn turn_after(state: &State, proposal: &Proposal, seq: car_events::Seq) -> bool {
+    proposal
+        .run_id
+        .as_deref()
+        .and_then(|run_id| state.run(run_id))
+        .and_then(|run| run.turn_batches.last())
+        .is_some_and(|batch| batch.seq > seq)
+}
+
+/// The cut-off action as a turn of the proposal's run, if the run is live and has room.
+fn indeterminate_turn<'a>(
+    state: &'a State,
+    proposal: &'a Proposal,
+    call: &ToolCall,
+    turns_added: &mut HashMap<&'a str, u32>,
+) -> Option<Event> {
+    let run = state.run(proposal.run_id.as_deref()?)?;
+    if run.is_ended() {
+        return None;
+    }
+    let added = turns_added.entry(run.run_id.as_str()).or_insert(0);
+    let base_index = run.turn_count + *added;
+    if base_index >= MAX_TURNS_PER_RUN {
+        return None;
+    }
+    let turn = json!({
+        "tool": call.dispatch.tool,
+        "parameters": call.dispatch.parameters.to_value(),
+        "output": INDETERMINATE,
+        "policy_rejected": false,
+    });
+    let turn = turns::admit(0, &turn).ok()?;
+    *added += 1;
+    Some(Event::TurnsRecorded(TurnsRecorded {
+        run_id: run.run_id.clone(),
+        base_index,
+        turns: vec![turn],
+    }))
+}
+
+/// The `proposal.submit` result of a proposal cut off by a crash: each action as its
+/// outcome says; after the last one with an outcome, `skipped`; before it, one without an
+/// outcome (a log written before outcomes were recorded) is `indeterminate` too.
+fn failed_result(proposal: &Proposal, finished: &[ProposalActionFinished]) -> Value {
+    let mut outputs = Map::new();
+    let mut errors = Map::new();
+    let outcome = |id: &str| finished.iter().find(|f| f.action_id == id);
+    let last_known = proposal
+        .action_ids
+        .iter()
+        .rposition(|id| outcome(id).is_some());
+    let mut results = Vec::with_capacity(proposal.action_ids.len());
+    for (position, action_id) in proposal.action_ids.iter().enumerate() {
+        let Some(f) = outcome(action_id) else {
+            if last_known.is_some_and(|last| position < last) {
+                errors.insert(action_id.clone(), json!(UNRECORDED));
+                results.push(json!({"action_id": action_id, "status": "indeterminate", "error": UNRECORDED, "attempts": 0}));
+            } else {
+                results.push(json!({"action_id": action_id, "status": "skipped", "attempts": 0}));
+            }
+            continue;
+        };
+        let mut result = Map::new();
+        result.insert("action_id".into(), json!(action_id));
+        result.insert("status".into(), json!(f.status));
+        if let Some(output) = &f.output {
+            let output = output.to_value();
+            outputs.insert(action_id.clone(), output.clone());
+            result.insert("output".into(), output);
+        }
+        if let Some(error) = &f.error {
+            errors.insert(action_id.clone(), json!(error));
+            result.insert("error".into(), json!(error));
+        }
+        result.insert("attempts".into(), json!(f.attempts));
+        results.push(Value::Object(result));
+    }
+    json!({
+        "proposal_id": proposal.proposal_id,
+        "final_state": "failed",
+        "outputs": outputs,
+        "errors": errors,
+        "results": results,
+    })
 }
 
 /// Evictions due at `now`; runs in `ended_now` are about to end at `now`.

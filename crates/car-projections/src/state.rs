@@ -279,6 +279,10 @@ pub struct Proposal {
     pub run_id: Option<String>,
     /// Its `proposal.submitted` event.
     pub submitted_seq: Seq,
+    /// Its actions, in order.
+    pub action_ids: Vec<String>,
+    /// The actions that ended so far, in order, with the seq of their event (§14.5).
+    pub finished: Vec<(car_events::event::ProposalActionFinished, Seq)>,
 }
 
 /// An event that cannot follow the events before it.
@@ -670,6 +674,15 @@ impl State {
             Event::ToolCallFailed(e) => self.finish_tool_call(&e.request_id, seq)?,
             Event::ToolCallTimedOut(e) => self.finish_tool_call(&e.request_id, seq)?,
             Event::ToolCallCancelled(e) => self.finish_tool_call(&e.request_id, seq)?,
+            Event::ToolCallIndeterminate(e) => self.finish_tool_call(&e.request_id, seq)?,
+            Event::ProposalActionFinished(e) => {
+                let Some(proposal) = self.proposals.get_mut(&e.proposal_id) else {
+                    return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
+                };
+                proposal.finished.push((e.clone(), seq));
+                let run_id = proposal.run_id.clone();
+                self.relate(run_id.as_deref(), seq);
+            }
             Event::ApprovalRequested(e) => self.request_approval(e, seq, ts)?,
             Event::ApprovalResolved(e) => {
                 let approval = self.pending_approval(&e.approval_id)?;
@@ -727,6 +740,8 @@ impl State {
                         client_id: e.client_id.clone(),
                         run_id: e.run_id.clone(),
                         submitted_seq: seq,
+                        action_ids: e.action_ids.clone(),
+                        finished: Vec::new(),
                     },
                 );
             }

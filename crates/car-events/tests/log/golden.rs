@@ -38,11 +38,12 @@ use car_events::codec;
 use car_events::event::{
     ApprovalExpired, ApprovalRequested, ApprovalResolved, DaemonRecovered, DaemonStarted,
     DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason, MemoryFact,
-    MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted, ProposalFinished,
-    ProposalResultRecorded, ProposalSubmitted, Role, RunEnded, RunEvicted, RunStarted,
-    SessionAuthenticated, SessionClosed, SessionHalted, SessionOpened, SubscriptionClosed,
-    SubscriptionOpened, SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted,
-    ToolCallDispatched, ToolCallFailed, ToolCallTimedOut, TurnsRecorded,
+    MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted,
+    ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role,
+    RunEnded, RunEvicted, RunStarted, SessionAuthenticated, SessionClosed, SessionHalted,
+    SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
+    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
+    ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
 };
 use car_events::{
     Envelope, Event, EventJson, EventLog, JsonText, ManualClock, OpenOptions, SCHEMA_VERSION, Seq,
@@ -77,6 +78,7 @@ fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
         2 => Some(golden_v2),
         3 => Some(golden_v3),
         4 => Some(golden_v4),
+        5 => Some(golden_v5),
         _ => None,
     }
 }
@@ -1273,6 +1275,99 @@ fn golden_v4() -> Vec<Envelope> {
     stamp("2026-12-02T10:00:00.000Z", 20_261_203, events)
 }
 
+/// Fixture v5: actions' outcomes, and a tool call left without one by a crash, made
+/// `indeterminate` at the next start (PROTOCOL.md §14.5).
+fn golden_v5() -> Vec<Envelope> {
+    let events = vec![
+        (
+            0,
+            Event::from(DaemonStarted {
+                version: s("0.5.0"),
+                pid: 9595,
+                data_dir: s("/var/lib/car"),
+                listen: s("127.0.0.1:9100"),
+            }),
+        ),
+        (
+            20,
+            Event::from(SessionOpened {
+                client_id: s("sess-5"),
+                peer: s("127.0.0.1:53900"),
+                role: None,
+                agent_id: None,
+            }),
+        ),
+        (
+            2,
+            Event::from(SessionAuthenticated {
+                client_id: s("sess-5"),
+                role: Role::Client,
+                agent_id: None,
+            }),
+        ),
+        (
+            50,
+            Event::from(ProposalSubmitted {
+                proposal_id: s("prop-9"),
+                client_id: s("sess-5"),
+                run_id: None,
+                action_ids: vec![s("lookup"), s("deny"), s("write"), s("notify")],
+            }),
+        ),
+        (
+            300,
+            Event::from(ProposalActionFinished {
+                proposal_id: s("prop-9"),
+                action_id: s("lookup"),
+                status: s("succeeded"),
+                output: Some(JsonText::from(serde_json::json!({"found": 2}))),
+                error: None,
+                attempts: 1,
+            }),
+        ),
+        (
+            5,
+            Event::from(ProposalActionFinished {
+                proposal_id: s("prop-9"),
+                action_id: s("deny"),
+                status: s("rejected"),
+                output: None,
+                error: Some(s("rejected by policy 'no-deletes'")),
+                attempts: 0,
+            }),
+        ),
+        (
+            10,
+            Event::from(ToolCallDispatched {
+                request_id: s("req-write-1"),
+                client_id: s("sess-5"),
+                proposal_id: s("prop-9"),
+                action_id: s("write"),
+                tool: s("fs.write"),
+                parameters: JsonText::from(serde_json::json!({"path": "/tmp/x"})),
+                attempt: 1,
+                timeout_ms: 300_000,
+                run_id: None,
+            }),
+        ),
+        (
+            2_000,
+            Event::from(ToolCallIndeterminate {
+                request_id: s("req-write-1"),
+                error: s("outcome unknown: the daemon stopped during dispatch"),
+            }),
+        ),
+        (
+            0,
+            Event::from(ProposalFinished {
+                proposal_id: s("prop-9"),
+                final_state: s("failed"),
+            }),
+        ),
+    ];
+    stamp("2026-12-02T11:00:00.000Z", 20_261_204, events)
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading and (once) writing the fixture files.
 
@@ -1746,7 +1841,22 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             proposal_id: _,
             principal: _,
             result: _,
+        })
+        | Event::ToolCallIndeterminate(ToolCallIndeterminate {
+            request_id: _,
+            error: _,
         }) => vec![],
+        Event::ProposalActionFinished(ProposalActionFinished {
+            proposal_id: _,
+            action_id: _,
+            status: _,
+            output,
+            error,
+            attempts: _,
+        }) => vec![
+            opt("output", output.is_some()),
+            opt("error", error.is_some()),
+        ],
     }
 }
 
@@ -1788,7 +1898,7 @@ fn golden_fixtures_contain_every_nested_variant_and_both_sides_of_every_option()
         .filter(|(name, _)| !name.contains("::"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(options.len(), 17, "Option fields found: {options:?}");
+    assert_eq!(options.len(), 19, "Option fields found: {options:?}");
     for field in options {
         for set in [true, false] {
             assert!(

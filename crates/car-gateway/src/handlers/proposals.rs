@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use car_events::JsonText;
 use car_events::event::{
-    Event, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role, SessionHalted,
-    ToolCallDispatched,
+    Event, ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted,
+    SessionHalted, ToolCallDispatched,
 };
 use car_projections::decide::{
     AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
@@ -180,7 +180,8 @@ impl Runner {
             } else {
                 self.run_action(action, &parameters).await
             };
-            self.record_turn(action, &parameters, &status).await;
+            self.record_action(action, &parameters, &status, attempts)
+                .await;
             if terminal {
                 if let Status::Failed(error) = &status {
                     self.halt(action, error).await;
@@ -230,7 +231,7 @@ impl Runner {
             },
             ProposalResultRecorded {
                 proposal_id: self.proposal_id.clone(),
-                principal: principal(&self.actor),
+                principal: self.actor.principal(),
                 result: JsonText::from_value(&result),
             },
         );
@@ -455,36 +456,52 @@ impl Runner {
         result
     }
 
-    /// Appends a finished action to the session's current run, as a turn.
-    async fn record_turn(&self, action: &Action, parameters: &Value, status: &Status) {
-        let Some(run_id) = &self.run_id else {
-            return;
-        };
+    /// Records how an action ended (§14.5), and appends it to the session's current run,
+    /// as a turn, in the same write.
+    async fn record_action(
+        &self,
+        action: &Action,
+        parameters: &Value,
+        status: &Status,
+        attempts: u32,
+    ) {
         let (output, rejected) = match status {
             Status::Succeeded(output) => (output.clone(), false),
             Status::Failed(error) => (json!(error), false),
             Status::Rejected(error) => (json!(error), true),
         };
-        let turn = json!({
-            "tool": action.tool,
-            "parameters": parameters,
-            "output": output,
-            "policy_rejected": rejected,
-        });
-        let Ok(turns) = AdmittedTurns::admit(&[turn]) else {
-            return;
+        let (name, kept_output, error) = match status {
+            Status::Succeeded(output) => ("succeeded", Some(JsonText::from_value(output)), None),
+            Status::Failed(error) => ("failed", None, Some(error.clone())),
+            Status::Rejected(error) => ("rejected", None, Some(error.clone())),
         };
-        let record = Command::RecordTurns(RecordTurns {
-            actor: self.actor.clone(),
-            run_id: run_id.clone(),
-            turns,
+        let finished = ProposalActionFinished {
+            proposal_id: self.proposal_id.clone(),
+            action_id: action.id.clone(),
+            status: name.into(),
+            output: kept_output,
+            error,
+            attempts,
+        };
+        let turn = self.run_id.as_ref().and_then(|run_id| {
+            let turn = json!({
+                "tool": action.tool,
+                "parameters": parameters,
+                "output": output,
+                "policy_rejected": rejected,
+            });
+            let turns = AdmittedTurns::admit(&[turn]).ok()?;
+            Some(RecordTurns {
+                actor: self.actor.clone(),
+                run_id: run_id.clone(),
+                turns,
+            })
         });
+        let record = Command::FinishAction(finished, turn);
         match self.app.execute(record, |_, _| ()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(refusal)) => {
-                tracing::debug!(%refusal, %run_id, "proposal action not recorded as a turn")
-            }
-            Err(err) => tracing::warn!(%err, %run_id, "proposal action not recorded as a turn"),
+            Ok(Err(refusal)) => tracing::debug!(%refusal, "proposal action not recorded"),
+            Err(err) => tracing::warn!(%err, "proposal action not recorded"),
         }
     }
 }
@@ -522,27 +539,13 @@ impl From<&str> for CallFailure {
     }
 }
 
-/// Who may read a proposal's result besides hosts (§14.5): `agent:<agent_id>`, or `client`
-/// for every client session (their one credential is the daemon token, so nothing tells
-/// them apart after a reconnect), or `host`.
-fn principal(actor: &Actor) -> String {
-    match (actor.role, actor.bound_agent()) {
-        (_, Some(agent_id)) => format!("agent:{agent_id}"),
-        (Role::Host, None) => "host".to_owned(),
-        _ => "client".to_owned(),
-    }
-}
-
 /// The principal of the session that submitted a live proposal.
 fn submitter(state: &State, client_id: &str) -> String {
-    match state.session(client_id) {
-        Some(session) => match (session.role, session.agent_id.as_deref()) {
-            (Some(Role::Agent), Some(agent_id)) => format!("agent:{agent_id}"),
-            (Some(Role::Host), _) => "host".to_owned(),
-            _ => "client".to_owned(),
-        },
-        None => "client".to_owned(),
-    }
+    let session = state.session(client_id);
+    car_projections::access::principal(
+        session.and_then(|s| s.role),
+        session.and_then(|s| s.agent_id.as_deref()),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -558,7 +561,7 @@ pub(crate) async fn result(session: &mut Session, params: Value, responder: Resp
         rpc::parse::<ResultParams>(params).and_then(|p| Ok((p, session.actor()?.clone())));
     session.reply_after_writes(responder, prepared, |app, (params, actor)| async move {
         let id = params.proposal_id;
-        let caller = (!actor.has_host_rights()).then(|| principal(&actor));
+        let caller = (!actor.has_host_rights()).then(|| actor.principal());
         let found = app
             .writer
             .read(|state| {

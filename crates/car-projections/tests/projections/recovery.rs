@@ -3,12 +3,13 @@
 //! boundary; which runs count eviction picks; and that each has nothing left to do once
 //! its events are applied.
 
-use car_events::Event;
 use car_events::event::{
     ApprovalExpired, DaemonRecovered, DaemonStopped, EvictionReason, IncompleteReason,
-    ProposalFinished, ProposalSubmitted, Role, RunEvicted, SessionClosed, SubscriptionClosed,
-    ToolCallCancelled,
+    ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role,
+    RunEvicted, SessionClosed, SubscriptionClosed, ToolCallCancelled, ToolCallIndeterminate,
+    TurnsRecorded,
 };
+use car_events::{Event, JsonText};
 use car_projections::State;
 use car_projections::recovery::{self, Retention};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -51,17 +52,23 @@ fn abandoned(reason: IncompleteReason) -> Vec<Event> {
         }
         .into()
     };
-    vec![
-        ToolCallCancelled {
-            request_id: "q1".into(),
-            reason: why.into(),
-        }
-        .into(),
-        ProposalFinished {
-            proposal_id: "p1".into(),
-            final_state: "failed".into(),
-        }
-        .into(),
+    let mut events: Vec<Event> = if reason == IncompleteReason::DaemonRestart {
+        cut_off_proposal()
+    } else {
+        vec![
+            ToolCallCancelled {
+                request_id: "q1".into(),
+                reason: why.into(),
+            }
+            .into(),
+            ProposalFinished {
+                proposal_id: "p1".into(),
+                final_state: "failed".into(),
+            }
+            .into(),
+        ]
+    };
+    events.extend([
         SubscriptionClosed {
             subscription_id: "s1".into(),
             reason: why.into(),
@@ -74,6 +81,58 @@ fn abandoned(reason: IncompleteReason) -> Vec<Event> {
         ApprovalExpired {
             approval_id: "ap1".into(),
             reason: why.into(),
+        }
+        .into(),
+    ]);
+    events
+}
+
+/// After a crash (§14.5): the call in flight is `indeterminate` and never dispatched
+/// again; its action is recorded as such, added to the run as a turn before the run
+/// ends, and the proposal is completed `failed` with its result stored.
+fn cut_off_proposal() -> Vec<Event> {
+    let error = recovery::INDETERMINATE;
+    let turn = car_projections::turns::admit(
+        0,
+        &serde_json::json!({"tool": "fs.read", "parameters": {"path": "/tmp/x"}, "output": error, "policy_rejected": false}),
+    )
+    .unwrap();
+    vec![
+        ProposalActionFinished {
+            proposal_id: "p1".into(),
+            action_id: "a1".into(),
+            status: "indeterminate".into(),
+            output: None,
+            error: Some(error.into()),
+            attempts: 1,
+        }
+        .into(),
+        TurnsRecorded {
+            run_id: "r1".into(),
+            base_index: 0,
+            turns: vec![turn],
+        }
+        .into(),
+        ToolCallIndeterminate {
+            request_id: "q1".into(),
+            error: error.into(),
+        }
+        .into(),
+        ProposalResultRecorded {
+            proposal_id: "p1".into(),
+            principal: "client".into(),
+            result: JsonText::from(serde_json::json!({
+                "proposal_id": "p1",
+                "final_state": "failed",
+                "outputs": {},
+                "errors": {"a1": error},
+                "results": [{"action_id": "a1", "status": "indeterminate", "error": error, "attempts": 1}],
+            })),
+        }
+        .into(),
+        ProposalFinished {
+            proposal_id: "p1".into(),
+            final_state: "failed".into(),
         }
         .into(),
     ]

@@ -267,6 +267,7 @@ impl RunFilter {
             Event::ToolCallFailed(e) => self.finished_call(&e.request_id),
             Event::ToolCallTimedOut(e) => self.finished_call(&e.request_id),
             Event::ToolCallCancelled(e) => self.finished_call(&e.request_id),
+            Event::ToolCallIndeterminate(e) => self.finished_call(&e.request_id),
             Event::ProposalSubmitted(e) if self.retained && mine(&e.run_id) => {
                 self.proposals.insert(e.proposal_id.clone());
                 true
@@ -330,6 +331,7 @@ impl SessionFilter {
             Event::ToolCallFailed(e) => return self.requests.remove(&e.request_id),
             Event::ToolCallTimedOut(e) => return self.requests.remove(&e.request_id),
             Event::ToolCallCancelled(e) => return self.requests.remove(&e.request_id),
+            Event::ToolCallIndeterminate(e) => return self.requests.remove(&e.request_id),
             Event::ProposalFinished(e) => return self.proposals.remove(&e.proposal_id),
             Event::ApprovalResolved(e) => {
                 return named || self.approvals.contains(&e.approval_id);

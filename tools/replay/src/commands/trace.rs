@@ -406,6 +406,7 @@ fn related_detail(event: &Event) -> String {
         ),
         Event::ToolCallTimedOut(e) => format!("{}  after {}", e.request_id, ms(e.elapsed_ms)),
         Event::ToolCallCancelled(e) => format!("{}  {}", e.request_id, e.reason),
+        Event::ToolCallIndeterminate(e) => format!("{}  INDETERMINATE: {}", e.request_id, e.error),
         other => other.kind().to_owned(),
     }
 }

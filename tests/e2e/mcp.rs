@@ -438,7 +438,7 @@ async fn memory_tools_and_the_context_prompt_act_on_the_shared_scope_through_the
     assert_eq!(
         mcp.tool_error("memory_query", json!({"query": "x", "k": 0}))
             .await,
-        "memory.query: k must be 1 to 50"
+        "memory.query: k must be an integer from 1 to 50"
     );
     assert_eq!(
         mcp.tool_error("memory_query", json!({"query": ""})).await,

@@ -14,7 +14,9 @@
 //! never names a snapshot that is not on disk; if the record fails the client is told the
 //! file was written but not recorded.
 
+use car_events::Event;
 use car_projections::Command;
+use car_projections::memory::Scope;
 use car_projections::memory::decide::MAX_SNAPSHOT_BYTES;
 use car_projections::memory::{
     AddFact, Consolidate, DEFAULT_K, DeleteFact, Hit, LoadScope, MAX_CONTEXT_WINDOW, MAX_K,
@@ -23,6 +25,7 @@ use car_projections::memory::{
 use car_projections::{Refusal, State};
 use serde_json::{Map, Value, json};
 
+use crate::app::App;
 use crate::rpc::RpcError;
 use crate::sandbox::{self, SandboxError, Target};
 use crate::session::{Responder, Session};
@@ -124,11 +127,8 @@ pub(crate) async fn add_fact(session: &mut Session, params: Value, responder: Re
             minter: Minter::Ws,
             max_facts: session.app.config.memory_max_facts,
         });
-        let scope = session.memory_scope.clone();
         let write = session
-            .queue(command, move |state: &State, events| {
-                state.memory().fact_count(&scope) + events.len()
-            })
+            .queue(command, count_after_add(session.memory_scope.clone()))
             .await?;
         Ok(((), write))
     }
@@ -138,33 +138,54 @@ pub(crate) async fn add_fact(session: &mut Session, params: Value, responder: Re
     });
 }
 
+/// What `memory.add_fact` answers (also MCP's `memory_add_fact`): the scope's live facts
+/// once the decided events (none, or the fact added) are applied.
+pub(crate) fn count_after_add(scope: Scope) -> impl FnOnce(&State, &[Event]) -> usize {
+    move |state, events| state.memory().fact_count(&scope) + events.len()
+}
+
+/// `memory.query`'s params: the query text (1 to 4096 bytes) and `k` (1 to 50, default
+/// 5), with the contract's messages (also MCP's `memory_query`).
+pub(crate) fn query_params(params: Value) -> Result<(String, usize), RpcError> {
+    let mut p = Params::new("memory.query", params)?;
+    let query = p.required("query")?;
+    if query.is_empty() {
+        return Err(p.error("query", "is empty"));
+    }
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(p.error("query", format!("exceeds {MAX_QUERY_BYTES} bytes")));
+    }
+    let k = p.integer("k", 1, MAX_K as u64)?.unwrap_or(DEFAULT_K as u64) as usize;
+    Ok((query, k))
+}
+
+/// `memory.query`'s answer on `scope`, once what it reads is durable.
+pub(crate) async fn read_hits(
+    app: &App,
+    scope: &Scope,
+    query: &str,
+    k: usize,
+) -> Result<Value, RpcError> {
+    let hits = app
+        .writer
+        .read(|state| {
+            state
+                .memory()
+                .query(scope, query, k)
+                .iter()
+                .map(Hit::to_json)
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(Value::Array(hits))
+}
+
 /// `memory.query` → `[{fact_id, subject, body, kind, confidence, tags, source}]`.
 pub(crate) async fn query(session: &mut Session, params: Value, responder: Responder) {
-    let prepared = (|| {
-        let mut p = Params::new("memory.query", params)?;
-        let query = p.required("query")?;
-        if query.is_empty() {
-            return Err(p.error("query", "is empty"));
-        }
-        if query.len() > MAX_QUERY_BYTES {
-            return Err(p.error("query", format!("exceeds {MAX_QUERY_BYTES} bytes")));
-        }
-        let k = p.integer("k", 1, MAX_K as u64)?.unwrap_or(DEFAULT_K as u64) as usize;
-        Ok((session.memory_scope.clone(), query, k))
-    })();
-    session.reply_after_writes(responder, prepared, |app, (scope, query, k)| async move {
-        let hits = app
-            .writer
-            .read(|state| {
-                state
-                    .memory()
-                    .query(&scope, &query, k)
-                    .iter()
-                    .map(Hit::to_json)
-                    .collect::<Vec<_>>()
-            })
-            .await?;
-        Ok(Value::Array(hits))
+    let scope = session.memory_scope.clone();
+    let prepared = query_params(params);
+    session.reply_after_writes(responder, prepared, |app, (query, k)| async move {
+        read_hits(&app, &scope, &query, k).await
     });
 }
 
@@ -213,24 +234,36 @@ pub(crate) async fn delete(session: &mut Session, params: Value, responder: Resp
             client_id: Some(session.client_id.clone()),
             fact_id: id.clone(),
         });
-        let fact_id = id.clone();
         let write = session
-            .queue(command, move |state: &State, events| {
-                let memory = state.memory();
-                let kind = match events {
-                    [] => None,
-                    _ => memory.fact(&scope, &fact_id).map(|f| f.kind.clone()),
-                };
-                (kind, memory.fact_count(&scope) - events.len())
-            })
+            .queue(command, delete_outcome(scope, id.clone()))
             .await?;
         Ok((id, write))
     }
     .await;
     session.reply_when_durable(responder, queued, |id, outcome| async move {
-        let (kind, fact_count) = outcome?.out;
-        Ok(json!({"id": id, "deleted": kind.is_some(), "kind": kind, "fact_count": fact_count}))
+        Ok(delete_answer(&id, outcome?.out))
     });
+}
+
+/// What `memory.delete` computes beside its events (also MCP's `memory_delete`): the
+/// deleted fact's kind (`None`: nothing deleted) and the scope's live facts after it.
+pub(crate) fn delete_outcome(
+    scope: Scope,
+    fact_id: String,
+) -> impl FnOnce(&State, &[Event]) -> (Option<String>, usize) {
+    move |state, events| {
+        let memory = state.memory();
+        let kind = match events {
+            [] => None,
+            _ => memory.fact(&scope, &fact_id).map(|f| f.kind.clone()),
+        };
+        (kind, memory.fact_count(&scope) - events.len())
+    }
+}
+
+/// `memory.delete`'s answer.
+pub(crate) fn delete_answer(id: &str, (kind, fact_count): (Option<String>, usize)) -> Value {
+    json!({"id": id, "deleted": kind.is_some(), "kind": kind, "fact_count": fact_count})
 }
 
 /// `memory.consolidate` → `{facts_before, facts_after, duplicates_removed,

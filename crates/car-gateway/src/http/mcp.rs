@@ -61,17 +61,17 @@ use axum::http::header::HeaderValue;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use car_events::event::{Event, Role};
+use car_events::event::Role;
+use car_projections::Actor;
 use car_projections::decide::{Command, ResolveApproval};
-use car_projections::memory::{AddFact, DeleteFact, Hit, MAX_K, MAX_QUERY_BYTES, Minter, Scope};
-use car_projections::{Actor, State};
+use car_projections::memory::{AddFact, DeleteFact, MAX_QUERY_BYTES, Minter, Scope};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{HttpError, caller, json_response, read_body};
 use crate::app::App;
-use crate::handlers::{approvals, runs};
+use crate::handlers::{approvals, memory, runs};
 use crate::rpc::{self, Incoming, RpcError};
 
 /// The MCP revisions spoken, oldest first (PROTOCOL.md §16).
@@ -555,7 +555,7 @@ async fn run_tool(
 ) -> Result<Value, RpcError> {
     match name {
         "memory_add_fact" => add_fact(app, rpc::parse(args)?).await,
-        "memory_query" => query(app, rpc::parse(args)?).await,
+        "memory_query" => query(app, args).await,
         "memory_delete" => delete_fact(app, rpc::parse(args)?).await,
         "runs_list" => runs::list_runs(app, actor, runs::ListQuery::parse(args)?).await,
         "runs_get_trace" => runs::read_trace(app, actor, rpc::parse(args)?, None).await,
@@ -589,24 +589,12 @@ async fn add_fact(app: &Arc<App>, args: AddFactArgs) -> Result<Value, RpcError> 
         max_facts: app.config.memory_max_facts,
     });
     let done = app
-        .execute(command, |state: &State, events: &[Event]| {
-            let added = events
-                .iter()
-                .filter(|e| matches!(e, Event::MemoryFactAdded(_)))
-                .count();
-            state.memory().fact_count(&Scope::Shared) + added
-        })
+        .execute(command, memory::count_after_add(Scope::Shared))
         .await??;
     Ok(Value::from(done.out))
 }
 
-#[derive(Debug, Deserialize)]
-struct QueryArgs {
-    query: String,
-    k: Option<u64>,
-}
-
-/// Checks a memory query text (§11.2: 1–4096 bytes).
+/// Checks a query text as `memory.query` does (§11.2: 1–4096 bytes), for the prompt.
 fn check_query(method: &str, query: &str) -> Result<(), RpcError> {
     if query.is_empty() {
         Err(RpcError::InvalidParams(format!("{method}: query is empty")))
@@ -619,30 +607,10 @@ fn check_query(method: &str, query: &str) -> Result<(), RpcError> {
     }
 }
 
-/// `memory_query` → `memory.query`'s result on `shared`.
-async fn query(app: &App, args: QueryArgs) -> Result<Value, RpcError> {
-    check_query("memory.query", &args.query)?;
-    let k = match args.k {
-        None => car_projections::memory::DEFAULT_K,
-        Some(k) if (1..=MAX_K as u64).contains(&k) => k as usize,
-        Some(_) => {
-            return Err(RpcError::InvalidParams(format!(
-                "memory.query: k must be 1 to {MAX_K}"
-            )));
-        }
-    };
-    let hits = app
-        .writer
-        .read(|state| {
-            state
-                .memory()
-                .query(&Scope::Shared, &args.query, k)
-                .iter()
-                .map(Hit::to_json)
-                .collect::<Vec<_>>()
-        })
-        .await?;
-    Ok(Value::Array(hits))
+/// `memory_query` → `memory.query`'s result on `shared`, its params read as it reads them.
+async fn query(app: &App, args: Value) -> Result<Value, RpcError> {
+    let (query, k) = memory::query_params(args)?;
+    memory::read_hits(app, &Scope::Shared, &query, k).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -652,25 +620,18 @@ struct DeleteArgs {
 
 /// `memory_delete` → `memory.delete`'s result on `shared`.
 async fn delete_fact(app: &Arc<App>, args: DeleteArgs) -> Result<Value, RpcError> {
-    let id = args.id;
     let command = Command::MemoryDelete(DeleteFact {
         scope: Scope::Shared,
         client_id: None,
-        fact_id: id.clone(),
+        fact_id: args.id.clone(),
     });
-    let wanted = id.clone();
     let done = app
-        .execute(command, move |state: &State, events: &[Event]| {
-            let memory = state.memory();
-            let kind = (!events.is_empty())
-                .then(|| memory.fact(&Scope::Shared, &wanted).map(|f| f.kind.clone()))
-                .flatten();
-            let count = memory.fact_count(&Scope::Shared) - events.len().min(1);
-            (kind, count)
-        })
+        .execute(
+            command,
+            memory::delete_outcome(Scope::Shared, args.id.clone()),
+        )
         .await??;
-    let (kind, fact_count) = done.out;
-    Ok(json!({"id": id, "deleted": kind.is_some(), "kind": kind, "fact_count": fact_count}))
+    Ok(memory::delete_answer(&args.id, done.out))
 }
 
 /// `approvals_resolve` → `host.resolve_approval`'s result, resolved as this MCP caller.

@@ -5,6 +5,7 @@
 //! - [`decide`](mod@decide): every protocol write as a [`Command`] decided against the state into
 //!   events, or a typed [`Refusal`];
 //! - [`halts`]: sessions halted by a terminal tool failure, and `session.clear_halt`;
+//! - [`proposal_result`]: the `proposal.submit` result from its actions' outcomes;
 //! - [`recovery`]: start-up recovery, retention (GC) and shutdown as events;
 //! - [`trace`]: runs read back in the wire shapes, through the per-run index;
 //! - [`canonical`]: the canonical rendering and digest of a state;
@@ -20,6 +21,7 @@ pub mod decide;
 pub mod halts;
 pub mod host_feed;
 pub mod memory;
+pub mod proposal_result;
 pub mod recovery;
 pub mod state;
 pub mod synth;

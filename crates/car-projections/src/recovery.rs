@@ -15,9 +15,10 @@ use car_events::event::{
     TurnsRecorded,
 };
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::access::principal;
+use crate::proposal_result::ResultBuilder;
 use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, Proposal, State, ToolCall};
 use crate::turns;
 
@@ -285,46 +286,29 @@ fn indeterminate_turn<'a>(
 /// outcome says; after the last one with an outcome, `skipped`; before it, one without an
 /// outcome (a log written before outcomes were recorded) is `indeterminate` too.
 fn failed_result(proposal: &Proposal, finished: &[ProposalActionFinished]) -> Value {
-    let mut outputs = Map::new();
-    let mut errors = Map::new();
     let outcome = |id: &str| finished.iter().find(|f| f.action_id == id);
     let last_known = proposal
         .action_ids
         .iter()
         .rposition(|id| outcome(id).is_some());
-    let mut results = Vec::with_capacity(proposal.action_ids.len());
+    let mut result = ResultBuilder::default();
     for (position, action_id) in proposal.action_ids.iter().enumerate() {
-        let Some(f) = outcome(action_id) else {
-            if last_known.is_some_and(|last| position < last) {
-                errors.insert(action_id.clone(), json!(UNRECORDED));
-                results.push(json!({"action_id": action_id, "status": "indeterminate", "error": UNRECORDED, "attempts": 0}));
-            } else {
-                results.push(json!({"action_id": action_id, "status": "skipped", "attempts": 0}));
+        match outcome(action_id) {
+            Some(f) => result.outcome(f),
+            None if last_known.is_some_and(|last| position < last) => {
+                result.outcome(&ProposalActionFinished {
+                    proposal_id: proposal.proposal_id.clone(),
+                    action_id: action_id.clone(),
+                    status: "indeterminate".into(),
+                    output: None,
+                    error: Some(UNRECORDED.into()),
+                    attempts: 0,
+                });
             }
-            continue;
-        };
-        let mut result = Map::new();
-        result.insert("action_id".into(), json!(action_id));
-        result.insert("status".into(), json!(f.status));
-        if let Some(output) = &f.output {
-            let output = output.to_value();
-            outputs.insert(action_id.clone(), output.clone());
-            result.insert("output".into(), output);
+            None => result.skipped(action_id),
         }
-        if let Some(error) = &f.error {
-            errors.insert(action_id.clone(), json!(error));
-            result.insert("error".into(), json!(error));
-        }
-        result.insert("attempts".into(), json!(f.attempts));
-        results.push(Value::Object(result));
     }
-    json!({
-        "proposal_id": proposal.proposal_id,
-        "final_state": "failed",
-        "outputs": outputs,
-        "errors": errors,
-        "results": results,
-    })
+    result.finish(&proposal.proposal_id, "failed")
 }
 
 /// Evictions due at `now`; runs in `ended_now` are about to end at `now`.

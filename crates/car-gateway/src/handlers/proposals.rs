@@ -18,9 +18,10 @@ use car_events::event::{
 use car_projections::decide::{
     AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
 };
+use car_projections::proposal_result::ResultBuilder;
 use car_projections::{Actor, State, halts};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::gate;
@@ -164,14 +165,12 @@ impl Runner {
             .writer
             .read(move |state| halts::is_halted(state, &client_id))
             .await?;
-        let mut results = Vec::with_capacity(actions.len());
-        let mut outputs = Map::new();
-        let mut errors = Map::new();
+        let mut result = ResultBuilder::default();
         let mut stopped = false;
         let mut failed = false;
         for action in &actions {
             if stopped {
-                results.push(json!({"action_id": action.id, "status": "skipped", "attempts": 0}));
+                result.skipped(&action.id);
                 continue;
             }
             let parameters = action.parameters.clone().unwrap_or_else(|| json!({}));
@@ -180,49 +179,23 @@ impl Runner {
             } else {
                 self.run_action(action, &parameters).await
             };
-            self.record_action(action, &parameters, &status, attempts)
+            let outcome = self.outcome(action, &status, attempts);
+            self.record_action(action, &parameters, &status, &outcome)
                 .await;
             if terminal {
                 if let Status::Failed(error) = &status {
                     self.halt(action, error).await;
                 }
             }
-            let mut result = Map::new();
-            result.insert("action_id".into(), json!(action.id));
-            let succeeded = matches!(status, Status::Succeeded(_));
-            match status {
-                Status::Succeeded(output) => {
-                    result.insert("status".into(), json!("succeeded"));
-                    result.insert("output".into(), output.clone());
-                    outputs.insert(action.id.clone(), output);
-                }
-                Status::Failed(error) => {
-                    result.insert("status".into(), json!("failed"));
-                    result.insert("error".into(), json!(error));
-                    errors.insert(action.id.clone(), json!(error));
-                }
-                Status::Rejected(error) => {
-                    result.insert("status".into(), json!("rejected"));
-                    result.insert("error".into(), json!(error));
-                    errors.insert(action.id.clone(), json!(error));
-                }
-            }
-            result.insert("attempts".into(), json!(attempts));
-            if !succeeded {
+            result.outcome(&outcome);
+            if !matches!(status, Status::Succeeded(_)) {
                 failed = true;
                 stopped = terminal || action.failure_behavior != Some(Behavior::Continue);
             }
-            results.push(Value::Object(result));
         }
         failed |= stopped;
         let final_state = if failed { "failed" } else { "completed" };
-        let result = json!({
-            "proposal_id": self.proposal_id,
-            "final_state": final_state,
-            "outputs": outputs,
-            "errors": errors,
-            "results": results,
-        });
+        let result = result.finish(&self.proposal_id, final_state);
         // The result is stored before it is sent (§14.5), for `proposal.result`.
         let finished = Command::CompleteProposal(
             ProposalFinished {
@@ -456,6 +429,23 @@ impl Runner {
         result
     }
 
+    /// How an action ended, as its event and its entry in the result say it.
+    fn outcome(&self, action: &Action, status: &Status, attempts: u32) -> ProposalActionFinished {
+        let (name, output, error) = match status {
+            Status::Succeeded(output) => ("succeeded", Some(JsonText::from_value(output)), None),
+            Status::Failed(error) => ("failed", None, Some(error.clone())),
+            Status::Rejected(error) => ("rejected", None, Some(error.clone())),
+        };
+        ProposalActionFinished {
+            proposal_id: self.proposal_id.clone(),
+            action_id: action.id.clone(),
+            status: name.into(),
+            output,
+            error,
+            attempts,
+        }
+    }
+
     /// Records how an action ended (§14.5), and appends it to the session's current run,
     /// as a turn, in the same write.
     async fn record_action(
@@ -463,25 +453,12 @@ impl Runner {
         action: &Action,
         parameters: &Value,
         status: &Status,
-        attempts: u32,
+        finished: &ProposalActionFinished,
     ) {
         let (output, rejected) = match status {
             Status::Succeeded(output) => (output.clone(), false),
             Status::Failed(error) => (json!(error), false),
             Status::Rejected(error) => (json!(error), true),
-        };
-        let (name, kept_output, error) = match status {
-            Status::Succeeded(output) => ("succeeded", Some(JsonText::from_value(output)), None),
-            Status::Failed(error) => ("failed", None, Some(error.clone())),
-            Status::Rejected(error) => ("rejected", None, Some(error.clone())),
-        };
-        let finished = ProposalActionFinished {
-            proposal_id: self.proposal_id.clone(),
-            action_id: action.id.clone(),
-            status: name.into(),
-            output: kept_output,
-            error,
-            attempts,
         };
         let turn = self.run_id.as_ref().and_then(|run_id| {
             let turn = json!({
@@ -497,7 +474,7 @@ impl Runner {
                 turns,
             })
         });
-        let record = Command::FinishAction(finished, turn);
+        let record = Command::FinishAction(finished.clone(), turn);
         match self.app.execute(record, |_, _| ()).await {
             Ok(Ok(_)) => {}
             Ok(Err(refusal)) => tracing::debug!(%refusal, "proposal action not recorded"),

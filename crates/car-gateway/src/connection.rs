@@ -108,7 +108,6 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         app: app.clone(),
         client_id,
         authenticated: false,
-        handshake: false,
         protocol: None,
         current_run: None,
         out,

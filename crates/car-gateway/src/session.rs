@@ -211,9 +211,8 @@ pub(crate) struct Session {
     pub(crate) actor: Option<Actor>,
     /// Whether `session.auth` succeeded (a second one is refused).
     pub(crate) authenticated: bool,
-    /// Whether `server.handshake` succeeded.
-    pub(crate) handshake: bool,
-    /// The version and capabilities it negotiated (`None`: version 2, none).
+    /// The version and capabilities `server.handshake` negotiated (`None`: no handshake
+    /// yet, so version 2 without capabilities, and no `host.*` methods).
     pub(crate) protocol: Option<crate::protocol::Negotiated>,
     /// The run started last by this session (proposal actions are recorded in it).
     pub(crate) current_run: Option<String>,

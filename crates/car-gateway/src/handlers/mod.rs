@@ -49,7 +49,7 @@ pub(crate) async fn dispatch(
         session.closing.cancel();
         return;
     }
-    if method.starts_with("host.") && !session.handshake {
+    if method.starts_with("host.") && session.protocol.is_none() {
         return responder.send(Err(RpcError::HandshakeRequired)).await;
     }
     if !READ_ONLY.contains(&method) {

@@ -104,7 +104,6 @@ pub(crate) async fn handshake(session: &mut Session, params: Value, responder: R
     let result = negotiated.map(|negotiated| {
         let answer = negotiated.answer.clone();
         session.protocol = Some(negotiated);
-        session.handshake = true;
         answer
     });
     responder.send(result).await;

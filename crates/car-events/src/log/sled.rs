@@ -28,8 +28,9 @@
 //!   error poisons the log (appends are refused at once, naming the cause, until a
 //!   restart); every write and flush runs on the log's own I/O thread, and an append
 //!   whose write does not finish within [`OpenOptions::stall_timeout`] poisons the log
-//!   instead of blocking its caller; and a poisoned log's sled handles are never dropped
-//!   (which would flush), so a daemon stops within seconds whatever the disk does;
+//!   instead of blocking its caller; and a poisoned log's sled handles are closed on a
+//!   thread of their own (their last drop flushes), waited for at most a few seconds, so
+//!   a daemon stops within seconds whatever the disk does;
 //! - sled 0.34 reads a half-written `snap.*.generating` snapshot at open and then refuses
 //!   the database as corrupt; such files are removed and the open retried
 //!   ([`remove_interrupted_snapshots`]);
@@ -40,7 +41,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -148,8 +149,6 @@ pub struct SledLog {
     /// Serialises appends (there is one writer, but the contract must not depend on it)
     /// and holds the reason appends are refused after an unrecoverable failure.
     append_lock: Mutex<Option<String>>,
-    /// Set with the reason above; read by the I/O thread and by `Drop`.
-    poisoned: AtomicBool,
     tail_repair: Option<TailRepair>,
     /// Opened with [`OpenOptions::read_only`].
     read_only: bool,
@@ -322,7 +321,6 @@ impl SledLog {
             sled: Some(Handles { db, events }),
             head: watch::Sender::new(head),
             append_lock: Mutex::new(None),
-            poisoned: AtomicBool::new(false),
             tail_repair,
             read_only: options.read_only,
             space,
@@ -375,7 +373,7 @@ impl SledLog {
 
     /// Whether the log refuses appends after an unrecoverable failure.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
+        self.append_lock.lock().is_some()
     }
 
     /// Writes and flushes `batch` on the I/O thread, unless the disk has no room for it.
@@ -403,7 +401,6 @@ impl SledLog {
     fn poison(&self, slot: &mut Option<String>, reason: String) {
         tracing::error!(dir = %self.dir.display(), %reason, "event log poisoned: appends are refused until car-server is restarted");
         *slot = Some(reason);
-        self.poisoned.store(true, Ordering::Release);
     }
 
     /// Takes a failed batch back out of sled's cache, so no later flush makes it durable.
@@ -528,7 +525,7 @@ impl Drop for SledLog {
         // Appends were each flushed; this only persists sled's own bookkeeping sooner. It
         // is skipped when sled is known to be unusable, and bounded when it stops answering.
         if !self.is_poisoned() && io.run(IoJob::Flush, self.stall_timeout).is_none() {
-            self.poisoned.store(true, Ordering::Release);
+            *self.append_lock.get_mut() = Some("the final flush did not finish in time".into());
         }
         if self.is_poisoned() {
             close_in_background(&self.dir, handles, io);

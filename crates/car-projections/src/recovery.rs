@@ -17,7 +17,6 @@ use car_events::event::{
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use crate::access::principal;
 use crate::proposal_result::ResultBuilder;
 use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, Proposal, State, ToolCall};
 use crate::turns;
@@ -211,11 +210,7 @@ fn complete_cut_off_proposals(state: &State) -> Vec<Event> {
             }
         }
         events.extend(mine.iter().map(|call| indeterminate(call)));
-        let client = state.session(&proposal.client_id);
-        let principal = principal(
-            client.and_then(|s| s.role),
-            client.and_then(|s| s.agent_id.as_deref()),
-        );
+        let principal = state.principal_of(&proposal.client_id);
         let stored = state
             .proposal_result(Some(&principal), &proposal.proposal_id)
             .is_some_and(|seq| seq > proposal.submitted_seq);

@@ -1020,6 +1020,16 @@ impl State {
         self.tool_calls.values()
     }
 
+    /// The principal (`proposal.result`'s readers, §14.5) of the session `client_id`, as
+    /// its role and agent binding say; `client` for a session the state no longer knows.
+    pub fn principal_of(&self, client_id: &str) -> String {
+        let session = self.session(client_id);
+        crate::access::principal(
+            session.and_then(|s| s.role),
+            session.and_then(|s| s.agent_id.as_deref()),
+        )
+    }
+
     /// A proposal in progress.
     pub fn proposal(&self, id: &str) -> Option<&Proposal> {
         self.proposals.get(id)

@@ -19,7 +19,7 @@ use car_projections::decide::{
     AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
 };
 use car_projections::proposal_result::ResultBuilder;
-use car_projections::{Actor, State, halts};
+use car_projections::{Actor, halts};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -516,15 +516,6 @@ impl From<&str> for CallFailure {
     }
 }
 
-/// The principal of the session that submitted a live proposal.
-fn submitter(state: &State, client_id: &str) -> String {
-    let session = state.session(client_id);
-    car_projections::access::principal(
-        session.and_then(|s| s.role),
-        session.and_then(|s| s.agent_id.as_deref()),
-    )
-}
-
 #[derive(Debug, Deserialize)]
 struct ResultParams {
     proposal_id: String,
@@ -545,7 +536,7 @@ pub(crate) async fn result(session: &mut Session, params: Value, responder: Resp
                 let running = state.proposal(&id).is_some_and(|p| {
                     caller
                         .as_deref()
-                        .is_none_or(|c| submitter(state, &p.client_id) == c)
+                        .is_none_or(|c| state.principal_of(&p.client_id) == c)
                 });
                 if running {
                     return Err(());

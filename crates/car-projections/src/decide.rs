@@ -11,17 +11,18 @@
 
 use car_events::JsonText;
 use car_events::event::{
-    ApprovalExpired, ApprovalRequested, ApprovalResolved, Event, IncompleteReason,
-    ProposalFinished, ProposalSubmitted, Role, RunEnded, RunStarted, SessionAuthenticated,
-    SessionClosed, SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget,
-    Termination, ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
-    ToolCallTimedOut, TurnsRecorded,
+    Event, IncompleteReason, ProposalFinished, ProposalSubmitted, Role, RunEnded, RunStarted,
+    SessionAuthenticated, SessionClosed, SessionOpened, SubscriptionClosed, SubscriptionOpened,
+    SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted, ToolCallDispatched,
+    ToolCallFailed, ToolCallTimedOut, TurnsRecorded,
 };
 use serde_json::Value;
 
 use crate::access::Actor;
+pub use crate::approvals::{ExpireApproval, RequestApproval, ResolveApproval};
+use crate::approvals::{expire_approval, request_approval, resolve_approval};
 use crate::memory::{self, MemoryRefusal};
-use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, State};
+use crate::state::{MAX_TURNS_PER_RUN, State};
 use crate::turns::{self, MAX_TURNS_PER_BATCH, TurnError};
 
 /// Why `runs.record_turns` appended nothing (the `dropped` field of its soft result).
@@ -243,45 +244,6 @@ pub struct EndAbandonedRuns {
     pub client_id: String,
     /// The agent identity it was bound to, if it was an `agent` session.
     pub agent_id: Option<String>,
-}
-
-/// `host.request_approval`, or the gate asking on behalf of a gated call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestApproval {
-    /// The requesting session.
-    pub actor: Actor,
-    /// A fresh id.
-    pub approval_id: String,
-    /// What is to be approved.
-    pub action: String,
-    /// Free-form details.
-    pub details: Value,
-    /// The allowed resolutions (default `["approve", "deny"]`).
-    pub options: Option<Vec<String>>,
-    /// Whether any session but the requester may resolve it.
-    pub system_level: bool,
-    /// The agent it concerns (an agent session's own identity wins).
-    pub agent_id: Option<String>,
-}
-
-/// `host.resolve_approval`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolveApproval {
-    /// Who resolves.
-    pub actor: Actor,
-    /// The approval.
-    pub approval_id: String,
-    /// One of its options.
-    pub resolution: String,
-}
-
-/// A pending approval's time is up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpireApproval {
-    /// The approval.
-    pub approval_id: String,
-    /// Why (`"timeout"`).
-    pub reason: String,
 }
 
 /// `runs.subscribe`, `log.subscribe`, `host.subscribe`.
@@ -684,86 +646,6 @@ fn end_abandoned_runs(state: &State, c: &EndAbandonedRuns) -> Vec<Event> {
             })
         })
         .collect()
-}
-
-fn request_approval(c: &RequestApproval) -> Result<Vec<Event>, Refusal> {
-    if c.action.trim().is_empty() {
-        return Err(Refusal::InvalidParams(
-            "action: required, a non-empty string".into(),
-        ));
-    }
-    let options = match &c.options {
-        None => vec!["approve".to_owned(), "deny".to_owned()],
-        Some(options) if options.is_empty() => {
-            return Err(Refusal::InvalidParams("options: must not be empty".into()));
-        }
-        Some(options) if options.iter().any(|o| o.trim().is_empty()) => {
-            return Err(Refusal::InvalidParams(
-                "options: must be non-empty strings".into(),
-            ));
-        }
-        Some(options) => options.clone(),
-    };
-    let agent_id = c
-        .actor
-        .bound_agent()
-        .map(str::to_owned)
-        .or_else(|| c.agent_id.clone());
-    Ok(vec![Event::ApprovalRequested(ApprovalRequested {
-        approval_id: c.approval_id.clone(),
-        client_id: Some(c.actor.client_id.clone()),
-        agent_id,
-        action: c.action.clone(),
-        details: JsonText::from_value(&c.details),
-        options,
-        system_level: c.system_level,
-    })])
-}
-
-fn resolve_approval(state: &State, c: &ResolveApproval) -> Result<Vec<Event>, Refusal> {
-    let approval = state
-        .approval(&c.approval_id)
-        .ok_or_else(|| Refusal::UnknownApproval(c.approval_id.clone()))?;
-    if approval.requester.as_deref() == Some(c.actor.client_id.as_str()) {
-        return Err(Refusal::Forbidden(format!(
-            "approval {} was requested by this session; another session must resolve it",
-            c.approval_id
-        )));
-    }
-    if !approval.system_level && !c.actor.has_host_rights() {
-        return Err(Refusal::Forbidden(format!(
-            "only a host session may resolve approval {}",
-            c.approval_id
-        )));
-    }
-    match approval.status {
-        ApprovalStatus::Pending => {}
-        ApprovalStatus::Resolved => return Err(Refusal::ApprovalResolved(c.approval_id.clone())),
-        ApprovalStatus::Expired => return Err(Refusal::ApprovalExpired(c.approval_id.clone())),
-    }
-    if !approval.options.contains(&c.resolution) {
-        return Err(Refusal::InvalidParams(format!(
-            "resolution: must be one of {}",
-            approval.options.join(", ")
-        )));
-    }
-    Ok(vec![Event::ApprovalResolved(ApprovalResolved {
-        approval_id: c.approval_id.clone(),
-        resolution: c.resolution.clone(),
-        client_id: Some(c.actor.client_id.clone()),
-    })])
-}
-
-fn expire_approval(state: &State, c: &ExpireApproval) -> Vec<Event> {
-    match state.approval(&c.approval_id) {
-        Some(approval) if approval.status == ApprovalStatus::Pending => {
-            vec![Event::ApprovalExpired(ApprovalExpired {
-                approval_id: c.approval_id.clone(),
-                reason: c.reason.clone(),
-            })]
-        }
-        _ => vec![],
-    }
 }
 
 fn subscribe(state: &State, c: &Subscribe) -> Result<Vec<Event>, Refusal> {

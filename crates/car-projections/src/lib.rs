@@ -16,6 +16,7 @@
 //! - [`synth`]: realistic synthetic histories for benchmarks and soak tests.
 
 pub mod access;
+pub mod approvals;
 pub mod canonical;
 pub mod decide;
 pub mod halts;

@@ -13,13 +13,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use car_events::event::{
-    ApprovalRequested, DaemonStarted, Event, Role, RunStarted, SessionOpened, SubscriptionTarget,
-    Termination, ToolCallDispatched,
+    DaemonStarted, Event, Role, RunStarted, SessionOpened, SubscriptionTarget, Termination,
+    ToolCallDispatched,
 };
-use car_events::{Envelope, Fold, JsonText, Seq};
+use car_events::{Envelope, Fold, Seq};
 use chrono::{DateTime, Utc};
 
 use crate::access::Actor;
+use crate::approvals::Approvals;
+pub use crate::approvals::{Approval, ApprovalStatus};
 use crate::memory::Memory;
 
 /// The most turns a run may hold (PROTOCOL.md §3.3).
@@ -179,69 +181,6 @@ impl Run {
         let n = self.turn_batches.partition_point(|b| b.seq <= seq);
         &self.turn_batches[..n]
     }
-}
-
-/// An approval's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ApprovalStatus {
-    /// Waiting for a resolution.
-    Pending,
-    /// Resolved (the first resolution).
-    Resolved,
-    /// Expired unresolved.
-    Expired,
-}
-
-impl ApprovalStatus {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalStatus::Pending => "pending",
-            ApprovalStatus::Resolved => "resolved",
-            ApprovalStatus::Expired => "expired",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "pending" => Some(ApprovalStatus::Pending),
-            "resolved" => Some(ApprovalStatus::Resolved),
-            "expired" => Some(ApprovalStatus::Expired),
-            _ => None,
-        }
-    }
-}
-
-/// An approval (PROTOCOL.md §5.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approval {
-    /// Its id.
-    pub id: String,
-    /// The session that asked.
-    pub requester: Option<String>,
-    /// The agent it concerns.
-    pub agent_id: Option<String>,
-    /// What is to be approved.
-    pub action: String,
-    /// Free-form details.
-    pub details: JsonText,
-    /// The allowed resolutions; the first approves.
-    pub options: Vec<String>,
-    /// Whether any session but the requester may resolve it.
-    pub system_level: bool,
-    /// Where it stands.
-    pub status: ApprovalStatus,
-    /// The resolution, once resolved.
-    pub resolution: Option<String>,
-    /// Who resolved it.
-    pub resolved_by: Option<String>,
-    /// When it was requested.
-    pub created_at: DateTime<Utc>,
-    /// When it was resolved or expired.
-    pub resolved_at: Option<DateTime<Utc>>,
-    /// Its `approval.requested` event.
-    pub requested_seq: Seq,
 }
 
 /// An open subscription.
@@ -453,7 +392,7 @@ pub struct State {
     /// Evicted runs that had an idempotency key (`run_id` → `agent_id`): the key stays
     /// taken, so a retried `runs.start` never creates a second run under an old id.
     retired_keys: HashMap<String, String>,
-    approvals: BTreeMap<String, Approval>,
+    approvals: Approvals,
     subscriptions: BTreeMap<String, Subscription>,
     tool_calls: BTreeMap<String, ToolCall>,
     proposals: BTreeMap<String, Proposal>,
@@ -683,25 +622,9 @@ impl State {
                 let run_id = proposal.run_id.clone();
                 self.relate(run_id.as_deref(), seq);
             }
-            Event::ApprovalRequested(e) => self.request_approval(e, seq, ts)?,
-            Event::ApprovalResolved(e) => {
-                let approval = self.pending_approval(&e.approval_id)?;
-                if !approval.options.contains(&e.resolution) {
-                    return Err(Contradiction::NotAnOption {
-                        id: e.approval_id.clone(),
-                        resolution: e.resolution.clone(),
-                    });
-                }
-                approval.status = ApprovalStatus::Resolved;
-                approval.resolution = Some(e.resolution.clone());
-                approval.resolved_by = e.client_id.clone();
-                approval.resolved_at = Some(ts);
-            }
-            Event::ApprovalExpired(e) => {
-                let approval = self.pending_approval(&e.approval_id)?;
-                approval.status = ApprovalStatus::Expired;
-                approval.resolved_at = Some(ts);
-            }
+            Event::ApprovalRequested(_)
+            | Event::ApprovalResolved(_)
+            | Event::ApprovalExpired(_) => self.approvals.apply(env)?,
             Event::SubscriptionOpened(e) => {
                 if self.subscriptions.contains_key(&e.subscription_id) {
                     return Err(Contradiction::DuplicateSubscription(
@@ -821,54 +744,10 @@ impl State {
         Ok(())
     }
 
-    fn request_approval(
-        &mut self,
-        e: &ApprovalRequested,
-        seq: Seq,
-        ts: DateTime<Utc>,
-    ) -> Result<(), Contradiction> {
-        if self.approvals.contains_key(&e.approval_id) {
-            return Err(Contradiction::DuplicateApproval(e.approval_id.clone()));
-        }
-        self.approvals.insert(
-            e.approval_id.clone(),
-            Approval {
-                id: e.approval_id.clone(),
-                requester: e.client_id.clone(),
-                agent_id: e.agent_id.clone(),
-                action: e.action.clone(),
-                details: e.details.clone(),
-                options: e.options.clone(),
-                system_level: e.system_level,
-                status: ApprovalStatus::Pending,
-                resolution: None,
-                resolved_by: None,
-                created_at: ts,
-                resolved_at: None,
-                requested_seq: seq,
-            },
-        );
-        Ok(())
-    }
-
     fn run_mut(&mut self, run_id: &str) -> Result<&mut Run, Contradiction> {
         self.runs
             .get_mut(run_id)
             .ok_or_else(|| Contradiction::UnknownRun(run_id.to_owned()))
-    }
-
-    fn pending_approval(&mut self, id: &str) -> Result<&mut Approval, Contradiction> {
-        let approval = self
-            .approvals
-            .get_mut(id)
-            .ok_or_else(|| Contradiction::UnknownApproval(id.to_owned()))?;
-        if approval.status != ApprovalStatus::Pending {
-            return Err(Contradiction::ApprovalNotPending {
-                id: id.to_owned(),
-                status: approval.status.as_str(),
-            });
-        }
-        Ok(approval)
     }
 
     fn finish_tool_call(&mut self, request_id: &str, seq: Seq) -> Result<(), Contradiction> {
@@ -995,9 +874,7 @@ impl State {
 
     /// Every approval, oldest first.
     pub fn approvals(&self) -> Vec<&Approval> {
-        let mut all: Vec<&Approval> = self.approvals.values().collect();
-        all.sort_by_key(|a| a.requested_seq);
-        all
+        self.approvals.oldest_first()
     }
 
     /// An open subscription.

@@ -12,9 +12,9 @@
 use car_events::JsonText;
 use car_events::event::{
     Event, IncompleteReason, ProposalFinished, ProposalSubmitted, Role, RunEnded, RunStarted,
-    SessionAuthenticated, SessionClosed, SessionOpened, SubscriptionClosed, SubscriptionOpened,
-    SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted, ToolCallDispatched,
-    ToolCallFailed, ToolCallTimedOut, TurnsRecorded,
+    SessionAuthenticated, SessionClosed, SessionOpened, SubscriptionClosed, Termination,
+    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed, ToolCallTimedOut,
+    TurnsRecorded,
 };
 use serde_json::Value;
 
@@ -23,6 +23,8 @@ pub use crate::approvals::{ExpireApproval, RequestApproval, ResolveApproval};
 use crate::approvals::{expire_approval, request_approval, resolve_approval};
 use crate::memory::{self, MemoryRefusal};
 use crate::state::{MAX_TURNS_PER_RUN, State};
+pub use crate::subscriptions::{Subscribe, SubscriptionSelector, Unsubscribe};
+use crate::subscriptions::{subscribe, unsubscribe};
 use crate::turns::{self, MAX_TURNS_PER_BATCH, TurnError};
 
 /// Why `runs.record_turns` appended nothing (the `dropped` field of its soft result).
@@ -244,35 +246,6 @@ pub struct EndAbandonedRuns {
     pub client_id: String,
     /// The agent identity it was bound to, if it was an `agent` session.
     pub agent_id: Option<String>,
-}
-
-/// `runs.subscribe`, `log.subscribe`, `host.subscribe`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscribe {
-    /// Who subscribes.
-    pub actor: Actor,
-    /// A fresh id.
-    pub subscription_id: String,
-    /// What to follow.
-    pub target: SubscriptionTarget,
-}
-
-/// Which subscriptions of a session to end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubscriptionSelector {
-    /// One subscription by id (`log.unsubscribe`).
-    Id(String),
-    /// The session's subscription to a run (`runs.unsubscribe`).
-    Run(String),
-}
-
-/// `runs.unsubscribe`, `log.unsubscribe`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsubscribe {
-    /// The session.
-    pub client_id: String,
-    /// Which.
-    pub selector: SubscriptionSelector,
 }
 
 /// A `tools.execute` request is about to be sent.
@@ -643,63 +616,6 @@ fn end_abandoned_runs(state: &State, c: &EndAbandonedRuns) -> Vec<Event> {
                 termination: Termination::Incomplete {
                     reason: IncompleteReason::Disconnected,
                 },
-            })
-        })
-        .collect()
-}
-
-fn subscribe(state: &State, c: &Subscribe) -> Result<Vec<Event>, Refusal> {
-    let mut events = Vec::new();
-    match &c.target {
-        SubscriptionTarget::Run { run_id, .. } => {
-            if state.readable_run(&c.actor, run_id).is_none() {
-                return Err(Refusal::NotFound);
-            }
-            // One subscription per session and run: a new one replaces the old.
-            events.extend(unsubscribe(
-                state,
-                &Unsubscribe {
-                    client_id: c.actor.client_id.clone(),
-                    selector: SubscriptionSelector::Run(run_id.clone()),
-                },
-            ));
-        }
-        SubscriptionTarget::Log { .. } => {
-            if !c.actor.has_host_rights() {
-                return Err(Refusal::Forbidden("log.* is for host sessions".into()));
-            }
-        }
-        SubscriptionTarget::Host => {
-            if c.actor.role == Role::Agent && !c.actor.unrestricted {
-                return Err(Refusal::Forbidden(
-                    "host.subscribe is not available to agent sessions".into(),
-                ));
-            }
-        }
-    }
-    events.push(Event::SubscriptionOpened(SubscriptionOpened {
-        subscription_id: c.subscription_id.clone(),
-        client_id: c.actor.client_id.clone(),
-        target: c.target.clone(),
-    }));
-    Ok(events)
-}
-
-fn unsubscribe(state: &State, c: &Unsubscribe) -> Vec<Event> {
-    state
-        .subscriptions()
-        .filter(|sub| sub.client_id == c.client_id)
-        .filter(|sub| match (&c.selector, &sub.target) {
-            (SubscriptionSelector::Id(id), _) => &sub.subscription_id == id,
-            (SubscriptionSelector::Run(run_id), SubscriptionTarget::Run { run_id: r, .. }) => {
-                r == run_id
-            }
-            (SubscriptionSelector::Run(_), _) => false,
-        })
-        .map(|sub| {
-            Event::SubscriptionClosed(SubscriptionClosed {
-                subscription_id: sub.subscription_id.clone(),
-                reason: "unsubscribed".into(),
             })
         })
         .collect()

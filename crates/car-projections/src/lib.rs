@@ -25,6 +25,7 @@ pub mod memory;
 pub mod proposal_result;
 pub mod recovery;
 pub mod state;
+pub mod subscriptions;
 pub mod synth;
 pub mod trace;
 pub mod turns;

@@ -13,8 +13,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use car_events::event::{
-    DaemonStarted, Event, Role, RunStarted, SessionOpened, SubscriptionTarget, Termination,
-    ToolCallDispatched,
+    DaemonStarted, Event, Role, RunStarted, SessionOpened, Termination, ToolCallDispatched,
 };
 use car_events::{Envelope, Fold, Seq};
 use chrono::{DateTime, Utc};
@@ -23,6 +22,8 @@ use crate::access::Actor;
 use crate::approvals::Approvals;
 pub use crate::approvals::{Approval, ApprovalStatus};
 use crate::memory::Memory;
+pub use crate::subscriptions::Subscription;
+use crate::subscriptions::Subscriptions;
 
 /// The most turns a run may hold (PROTOCOL.md §3.3).
 pub const MAX_TURNS_PER_RUN: u32 = 2000;
@@ -181,19 +182,6 @@ impl Run {
         let n = self.turn_batches.partition_point(|b| b.seq <= seq);
         &self.turn_batches[..n]
     }
-}
-
-/// An open subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscription {
-    /// Its id.
-    pub subscription_id: String,
-    /// The subscribing session.
-    pub client_id: String,
-    /// What it follows.
-    pub target: SubscriptionTarget,
-    /// Its `subscription.opened` event: the position of its snapshot.
-    pub opened_seq: Seq,
 }
 
 /// A tool call waiting for its reply.
@@ -393,7 +381,7 @@ pub struct State {
     /// taken, so a retried `runs.start` never creates a second run under an old id.
     retired_keys: HashMap<String, String>,
     approvals: Approvals,
-    subscriptions: BTreeMap<String, Subscription>,
+    subscriptions: Subscriptions,
     tool_calls: BTreeMap<String, ToolCall>,
     proposals: BTreeMap<String, Proposal>,
     /// Where each proposal's final result is in the log, by (proposal id, principal): the
@@ -625,31 +613,10 @@ impl State {
             Event::ApprovalRequested(_)
             | Event::ApprovalResolved(_)
             | Event::ApprovalExpired(_) => self.approvals.apply(env)?,
-            Event::SubscriptionOpened(e) => {
-                if self.subscriptions.contains_key(&e.subscription_id) {
-                    return Err(Contradiction::DuplicateSubscription(
-                        e.subscription_id.clone(),
-                    ));
-                }
-                if !self.sessions.contains_key(&e.client_id) {
-                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
-                }
-                self.subscriptions.insert(
-                    e.subscription_id.clone(),
-                    Subscription {
-                        subscription_id: e.subscription_id.clone(),
-                        client_id: e.client_id.clone(),
-                        target: e.target.clone(),
-                        opened_seq: seq,
-                    },
-                );
-            }
-            Event::SubscriptionClosed(e) => {
-                if self.subscriptions.remove(&e.subscription_id).is_none() {
-                    return Err(Contradiction::UnknownSubscription(
-                        e.subscription_id.clone(),
-                    ));
-                }
+            Event::SubscriptionOpened(_) | Event::SubscriptionClosed(_) => {
+                let sessions = &self.sessions;
+                self.subscriptions
+                    .apply(env, |client_id| sessions.contains_key(client_id))?;
             }
             Event::ProposalSubmitted(e) => {
                 if self.proposals.contains_key(&e.proposal_id) {
@@ -884,7 +851,7 @@ impl State {
 
     /// Every open subscription, by id.
     pub fn subscriptions(&self) -> impl Iterator<Item = &Subscription> {
-        self.subscriptions.values()
+        self.subscriptions.iter()
     }
 
     /// A tool call in flight.

@@ -13,8 +13,7 @@ use car_events::JsonText;
 use car_events::event::{
     Event, IncompleteReason, ProposalFinished, ProposalSubmitted, Role, RunEnded, RunStarted,
     SessionAuthenticated, SessionClosed, SessionOpened, SubscriptionClosed, Termination,
-    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed, ToolCallTimedOut,
-    TurnsRecorded,
+    ToolCallCancelled, TurnsRecorded,
 };
 use serde_json::Value;
 
@@ -22,9 +21,12 @@ use crate::access::Actor;
 pub use crate::approvals::{ExpireApproval, RequestApproval, ResolveApproval};
 use crate::approvals::{expire_approval, request_approval, resolve_approval};
 use crate::memory::{self, MemoryRefusal};
+use crate::proposals::{complete_proposal, finish_action, finish_proposal, submit_proposal};
 use crate::state::{MAX_TURNS_PER_RUN, State};
 pub use crate::subscriptions::{Subscribe, SubscriptionSelector, Unsubscribe};
 use crate::subscriptions::{subscribe, unsubscribe};
+pub use crate::tool_calls::{DispatchToolCall, FinishToolCall, ToolCallOutcome};
+use crate::tool_calls::{dispatch_tool_call, finish_tool_call};
 use crate::turns::{self, MAX_TURNS_PER_BATCH, TurnError};
 
 /// Why `runs.record_turns` appended nothing (the `dropped` field of its soft result).
@@ -248,51 +250,6 @@ pub struct EndAbandonedRuns {
     pub agent_id: Option<String>,
 }
 
-/// A `tools.execute` request is about to be sent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DispatchToolCall {
-    /// The call as it will be recorded.
-    pub dispatch: ToolCallDispatched,
-}
-
-/// How a tool call ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ToolCallOutcome {
-    /// A result.
-    Completed {
-        /// The output.
-        output: Value,
-        /// Dispatch to reply.
-        elapsed_ms: u64,
-    },
-    /// An error reply (or an `{"error": …}` result).
-    Failed {
-        /// The message.
-        error: String,
-        /// Dispatch to reply.
-        elapsed_ms: u64,
-    },
-    /// No reply in time.
-    TimedOut {
-        /// The deadline.
-        elapsed_ms: u64,
-    },
-    /// Abandoned.
-    Cancelled {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A tool call ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FinishToolCall {
-    /// The call.
-    pub request_id: String,
-    /// How.
-    pub outcome: ToolCallOutcome,
-}
-
 /// Every write of the protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -372,41 +329,13 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
         Command::ExpireApproval(c) => Ok(expire_approval(state, c)),
         Command::Subscribe(c) => subscribe(state, c),
         Command::Unsubscribe(c) => Ok(unsubscribe(state, c)),
-        Command::SubmitProposal(c) => {
-            if state.proposal(&c.proposal_id).is_some() {
-                return Err(Refusal::InvalidParams(format!(
-                    "proposal.id: proposal `{}` is already in progress",
-                    c.proposal_id
-                )));
-            }
-            Ok(vec![Event::ProposalSubmitted(c.clone())])
-        }
-        Command::FinishAction(finished, turn) => {
-            if state.proposal(&finished.proposal_id).is_none() {
-                return Ok(vec![]);
-            }
-            let mut events = vec![Event::ProposalActionFinished(finished.clone())];
-            if let Some(turn) = turn {
-                events.extend(record_turns(state, turn).unwrap_or_default());
-            }
-            Ok(events)
-        }
+        Command::SubmitProposal(c) => submit_proposal(state, c),
+        Command::FinishAction(finished, turn) => Ok(finish_action(state, finished, turn.as_ref())),
         Command::CompleteProposal(finished, result) => {
-            Ok(if state.proposal(&finished.proposal_id).is_some() {
-                vec![
-                    Event::ProposalResultRecorded(result.clone()),
-                    Event::ProposalFinished(finished.clone()),
-                ]
-            } else {
-                vec![]
-            })
+            Ok(complete_proposal(state, finished, result))
         }
-        Command::FinishProposal(c) => Ok(if state.proposal(&c.proposal_id).is_some() {
-            vec![Event::ProposalFinished(c.clone())]
-        } else {
-            vec![]
-        }),
-        Command::DispatchToolCall(c) => Ok(vec![Event::ToolCallDispatched(c.dispatch.clone())]),
+        Command::FinishProposal(c) => Ok(finish_proposal(state, c)),
+        Command::DispatchToolCall(c) => Ok(dispatch_tool_call(c)),
         Command::FinishToolCall(c) => Ok(finish_tool_call(state, c)),
         Command::HaltSession(c) => Ok(crate::halts::decide_halt(state, c)),
         Command::ClearHalt(c) => crate::halts::decide_clear(state, c),
@@ -552,7 +481,7 @@ fn start_run(state: &State, c: &StartRun) -> Result<Vec<Event>, Refusal> {
     })])
 }
 
-fn record_turns(state: &State, c: &RecordTurns) -> Result<Vec<Event>, Refusal> {
+pub(crate) fn record_turns(state: &State, c: &RecordTurns) -> Result<Vec<Event>, Refusal> {
     let run = state
         .owned_run(&c.actor, &c.run_id)
         .ok_or(Refusal::Dropped(Dropped::RunNotFound))?;
@@ -619,34 +548,4 @@ fn end_abandoned_runs(state: &State, c: &EndAbandonedRuns) -> Vec<Event> {
             })
         })
         .collect()
-}
-
-fn finish_tool_call(state: &State, c: &FinishToolCall) -> Vec<Event> {
-    if state.tool_call(&c.request_id).is_none() {
-        // Already finished (a late reply after a timeout, a reply after a cancel).
-        return vec![];
-    }
-    let request_id = c.request_id.clone();
-    vec![match &c.outcome {
-        ToolCallOutcome::Completed { output, elapsed_ms } => {
-            Event::ToolCallCompleted(ToolCallCompleted {
-                request_id,
-                output: JsonText::from_value(output),
-                elapsed_ms: *elapsed_ms,
-            })
-        }
-        ToolCallOutcome::Failed { error, elapsed_ms } => Event::ToolCallFailed(ToolCallFailed {
-            request_id,
-            error: error.clone(),
-            elapsed_ms: *elapsed_ms,
-        }),
-        ToolCallOutcome::TimedOut { elapsed_ms } => Event::ToolCallTimedOut(ToolCallTimedOut {
-            request_id,
-            elapsed_ms: *elapsed_ms,
-        }),
-        ToolCallOutcome::Cancelled { reason } => Event::ToolCallCancelled(ToolCallCancelled {
-            request_id,
-            reason: reason.clone(),
-        }),
-    }]
 }

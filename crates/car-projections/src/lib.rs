@@ -23,10 +23,12 @@ pub mod halts;
 pub mod host_feed;
 pub mod memory;
 pub mod proposal_result;
+pub mod proposals;
 pub mod recovery;
 pub mod state;
 pub mod subscriptions;
 pub mod synth;
+pub mod tool_calls;
 pub mod trace;
 pub mod turns;
 

@@ -12,9 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use car_events::event::{
-    DaemonStarted, Event, Role, RunStarted, SessionOpened, Termination, ToolCallDispatched,
-};
+use car_events::event::{DaemonStarted, Event, Role, RunStarted, SessionOpened, Termination};
 use car_events::{Envelope, Fold, Seq};
 use chrono::{DateTime, Utc};
 
@@ -22,8 +20,12 @@ use crate::access::Actor;
 use crate::approvals::Approvals;
 pub use crate::approvals::{Approval, ApprovalStatus};
 use crate::memory::Memory;
+pub use crate::proposals::Proposal;
+use crate::proposals::Proposals;
 pub use crate::subscriptions::Subscription;
 use crate::subscriptions::Subscriptions;
+pub use crate::tool_calls::ToolCall;
+use crate::tool_calls::ToolCalls;
 
 /// The most turns a run may hold (PROTOCOL.md §3.3).
 pub const MAX_TURNS_PER_RUN: u32 = 2000;
@@ -182,34 +184,6 @@ impl Run {
         let n = self.turn_batches.partition_point(|b| b.seq <= seq);
         &self.turn_batches[..n]
     }
-}
-
-/// A tool call waiting for its reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolCall {
-    /// The dispatch as recorded.
-    pub dispatch: ToolCallDispatched,
-    /// When it was sent.
-    pub dispatched_at: DateTime<Utc>,
-    /// Its `tool_call.dispatched` event.
-    pub dispatched_seq: Seq,
-}
-
-/// A proposal being carried out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Proposal {
-    /// Its id.
-    pub proposal_id: String,
-    /// The submitting session.
-    pub client_id: String,
-    /// The run its actions are recorded in.
-    pub run_id: Option<String>,
-    /// Its `proposal.submitted` event.
-    pub submitted_seq: Seq,
-    /// Its actions, in order.
-    pub action_ids: Vec<String>,
-    /// The actions that ended so far, in order, with the seq of their event (§14.5).
-    pub finished: Vec<(car_events::event::ProposalActionFinished, Seq)>,
 }
 
 /// An event that cannot follow the events before it.
@@ -382,11 +356,9 @@ pub struct State {
     retired_keys: HashMap<String, String>,
     approvals: Approvals,
     subscriptions: Subscriptions,
-    tool_calls: BTreeMap<String, ToolCall>,
-    proposals: BTreeMap<String, Proposal>,
-    /// Where each proposal's final result is in the log, by (proposal id, principal): the
-    /// latest result of a reused id (`proposal.result` reads it back from the log).
-    proposal_results: BTreeMap<(String, String), Seq>,
+    tool_calls: ToolCalls,
+    /// Proposals in progress and where their results are in the log.
+    proposals: Proposals,
     /// Seqs of the last [`HOST_FEED_WINDOW`] host-feed events, ascending.
     host_feed: VecDeque<Seq>,
     /// Memory: its own slice, folded by [`Memory::apply`].
@@ -583,32 +555,23 @@ impl State {
                     }
                 }
             }
-            Event::ToolCallDispatched(e) => {
-                if self.tool_calls.contains_key(&e.request_id) {
-                    return Err(Contradiction::DuplicateToolCall(e.request_id.clone()));
-                }
-                self.relate(e.run_id.as_deref(), seq);
-                self.tool_calls.insert(
-                    e.request_id.clone(),
-                    ToolCall {
-                        dispatch: e.clone(),
-                        dispatched_at: ts,
-                        dispatched_seq: seq,
-                    },
-                );
+            Event::ToolCallDispatched(_)
+            | Event::ToolCallCompleted(_)
+            | Event::ToolCallFailed(_)
+            | Event::ToolCallTimedOut(_)
+            | Event::ToolCallCancelled(_)
+            | Event::ToolCallIndeterminate(_) => {
+                let runs = &mut self.runs;
+                self.tool_calls
+                    .apply(env, |run_id| relate(runs, run_id, seq))?;
             }
-            Event::ToolCallCompleted(e) => self.finish_tool_call(&e.request_id, seq)?,
-            Event::ToolCallFailed(e) => self.finish_tool_call(&e.request_id, seq)?,
-            Event::ToolCallTimedOut(e) => self.finish_tool_call(&e.request_id, seq)?,
-            Event::ToolCallCancelled(e) => self.finish_tool_call(&e.request_id, seq)?,
-            Event::ToolCallIndeterminate(e) => self.finish_tool_call(&e.request_id, seq)?,
-            Event::ProposalActionFinished(e) => {
-                let Some(proposal) = self.proposals.get_mut(&e.proposal_id) else {
-                    return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
-                };
-                proposal.finished.push((e.clone(), seq));
-                let run_id = proposal.run_id.clone();
-                self.relate(run_id.as_deref(), seq);
+            Event::ProposalSubmitted(_)
+            | Event::ProposalActionFinished(_)
+            | Event::ProposalFinished(_)
+            | Event::ProposalResultRecorded(_) => {
+                let runs = &mut self.runs;
+                self.proposals
+                    .apply(env, |run_id| relate(runs, run_id, seq))?;
             }
             Event::ApprovalRequested(_)
             | Event::ApprovalResolved(_)
@@ -618,40 +581,10 @@ impl State {
                 self.subscriptions
                     .apply(env, |client_id| sessions.contains_key(client_id))?;
             }
-            Event::ProposalSubmitted(e) => {
-                if self.proposals.contains_key(&e.proposal_id) {
-                    return Err(Contradiction::DuplicateProposal(e.proposal_id.clone()));
-                }
-                self.relate(e.run_id.as_deref(), seq);
-                self.proposals.insert(
-                    e.proposal_id.clone(),
-                    Proposal {
-                        proposal_id: e.proposal_id.clone(),
-                        client_id: e.client_id.clone(),
-                        run_id: e.run_id.clone(),
-                        submitted_seq: seq,
-                        action_ids: e.action_ids.clone(),
-                        finished: Vec::new(),
-                    },
-                );
-            }
-            Event::ProposalFinished(e) => {
-                let Some(proposal) = self.proposals.remove(&e.proposal_id) else {
-                    return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
-                };
-                self.relate(proposal.run_id.as_deref(), seq);
-            }
             Event::MemoryFactAdded(_)
             | Event::MemoryFactDeleted(_)
             | Event::MemoryScopeLoaded(_)
             | Event::MemoryScopePersisted(_) => self.memory.apply(env)?,
-            Event::ProposalResultRecorded(e) => {
-                if !self.proposals.contains_key(&e.proposal_id) {
-                    return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
-                }
-                self.proposal_results
-                    .insert((e.proposal_id.clone(), e.principal.clone()), seq);
-            }
             Event::SessionHalted(e) => self.set_halted(&e.client_id, true)?,
             Event::HaltCleared(e) => self.set_halted(&e.client_id, false)?,
         }
@@ -716,21 +649,12 @@ impl State {
             .get_mut(run_id)
             .ok_or_else(|| Contradiction::UnknownRun(run_id.to_owned()))
     }
+}
 
-    fn finish_tool_call(&mut self, request_id: &str, seq: Seq) -> Result<(), Contradiction> {
-        let call = self
-            .tool_calls
-            .remove(request_id)
-            .ok_or_else(|| Contradiction::UnknownToolCall(request_id.to_owned()))?;
-        self.relate(call.dispatch.run_id.as_deref(), seq);
-        Ok(())
-    }
-
-    /// Indexes an event under a run it belongs to, when that run is retained.
-    fn relate(&mut self, run_id: Option<&str>, seq: Seq) {
-        if let Some(run) = run_id.and_then(|id| self.runs.get_mut(id)) {
-            run.related.push(seq);
-        }
+/// Indexes an event under a run it belongs to, when that run is retained.
+fn relate(runs: &mut HashMap<String, Run>, run_id: Option<&str>, seq: Seq) {
+    if let Some(run) = run_id.and_then(|id| runs.get_mut(id)) {
+        run.related.push(seq);
     }
 }
 
@@ -861,7 +785,7 @@ impl State {
 
     /// Every tool call in flight, by request id.
     pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
-        self.tool_calls.values()
+        self.tool_calls.iter()
     }
 
     /// The principal (`proposal.result`'s readers, §14.5) of the session `client_id`, as
@@ -882,18 +806,7 @@ impl State {
     /// The seq of the latest `proposal.result` of proposal `id` that `principal` made; for
     /// `None`, the latest of anyone's (a host's read).
     pub fn proposal_result(&self, principal: Option<&str>, id: &str) -> Option<Seq> {
-        match principal {
-            Some(principal) => self
-                .proposal_results
-                .get(&(id.to_owned(), principal.to_owned()))
-                .copied(),
-            None => self
-                .proposal_results
-                .range((id.to_owned(), String::new())..)
-                .take_while(|((pid, _), _)| pid == id)
-                .map(|(_, seq)| *seq)
-                .max(),
-        }
+        self.proposals.result(principal, id)
     }
 
     /// Seqs of the recent host-feed events, ascending (at most [`HOST_FEED_WINDOW`]).
@@ -908,13 +821,11 @@ impl State {
 
     /// Every proposal in progress, by id.
     pub fn proposals(&self) -> impl Iterator<Item = &Proposal> {
-        self.proposals.values()
+        self.proposals.iter()
     }
 
     /// Every stored proposal result: `(proposal id, principal, seq)`, by id.
     pub fn proposal_results(&self) -> impl Iterator<Item = (&str, &str, Seq)> {
-        self.proposal_results
-            .iter()
-            .map(|((id, principal), seq)| (id.as_str(), principal.as_str(), *seq))
+        self.proposals.results()
     }
 }

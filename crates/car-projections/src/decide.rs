@@ -12,8 +12,7 @@
 use car_events::JsonText;
 use car_events::event::{
     Event, IncompleteReason, ProposalFinished, ProposalSubmitted, Role, RunEnded, RunStarted,
-    SessionAuthenticated, SessionClosed, SessionOpened, SubscriptionClosed, Termination,
-    ToolCallCancelled, TurnsRecorded,
+    Termination, TurnsRecorded,
 };
 use serde_json::Value;
 
@@ -22,6 +21,8 @@ pub use crate::approvals::{ExpireApproval, RequestApproval, ResolveApproval};
 use crate::approvals::{expire_approval, request_approval, resolve_approval};
 use crate::memory::{self, MemoryRefusal};
 use crate::proposals::{complete_proposal, finish_action, finish_proposal, submit_proposal};
+pub use crate::sessions::{Authenticate, CloseSession, OpenSession};
+use crate::sessions::{authenticate, close_session, open_session};
 use crate::state::{MAX_TURNS_PER_RUN, State};
 pub use crate::subscriptions::{Subscribe, SubscriptionSelector, Unsubscribe};
 use crate::subscriptions::{subscribe, unsubscribe};
@@ -101,37 +102,6 @@ pub enum Refusal {
     /// the contract's, word for word.
     #[error(transparent)]
     Memory(#[from] MemoryRefusal),
-}
-
-/// A connection was accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenSession {
-    /// The new session's id.
-    pub client_id: String,
-    /// The peer address.
-    pub peer: String,
-    /// Its role when auth is disabled (known at once); `None` until `session.auth`.
-    pub role: Option<Role>,
-}
-
-/// `session.auth` with a token the gateway has already checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authenticate {
-    /// The session.
-    pub client_id: String,
-    /// The role the token grants.
-    pub role: Role,
-    /// The agent identity claimed (role `agent`).
-    pub agent_id: Option<String>,
-}
-
-/// A session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseSession {
-    /// The session.
-    pub client_id: String,
-    /// Why.
-    pub reason: String,
 }
 
 /// `runs.start`.
@@ -312,12 +282,7 @@ pub enum Command {
 /// Decides a command against the state.
 pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
     match command {
-        Command::OpenSession(c) => Ok(vec![Event::SessionOpened(SessionOpened {
-            client_id: c.client_id.clone(),
-            peer: c.peer.clone(),
-            role: c.role,
-            agent_id: None,
-        })]),
+        Command::OpenSession(c) => Ok(open_session(c)),
         Command::Authenticate(c) => authenticate(state, c),
         Command::CloseSession(c) => Ok(close_session(state, c)),
         Command::StartRun(c) => start_run(state, c),
@@ -345,67 +310,6 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
         Command::MemoryLoad(c) => Ok(memory::decide::decide_load(c)),
         Command::MemoryPersisted(c) => Ok(vec![Event::MemoryScopePersisted(c.event.clone())]),
     }
-}
-
-fn authenticate(state: &State, c: &Authenticate) -> Result<Vec<Event>, Refusal> {
-    let session = state
-        .session(&c.client_id)
-        .ok_or_else(|| Refusal::Forbidden(format!("session `{}` is not open", c.client_id)))?;
-    if session.authenticated {
-        return Err(Refusal::AlreadyAuthenticated);
-    }
-    if c.role == Role::Agent {
-        let Some(agent_id) = c.agent_id.as_deref() else {
-            return Err(Refusal::InvalidParams(
-                "agent_id: required for an agent session".into(),
-            ));
-        };
-        if agent_id.trim().is_empty() {
-            return Err(Refusal::InvalidParams("agent_id: must not be empty".into()));
-        }
-        if state
-            .agent_session(agent_id)
-            .is_some_and(|holder| holder != c.client_id)
-        {
-            return Err(Refusal::AgentAttached(agent_id.to_owned()));
-        }
-    }
-    Ok(vec![Event::SessionAuthenticated(SessionAuthenticated {
-        client_id: c.client_id.clone(),
-        role: c.role,
-        agent_id: c.agent_id.clone().filter(|_| c.role == Role::Agent),
-    })])
-}
-
-fn close_session(state: &State, c: &CloseSession) -> Vec<Event> {
-    if state.session(&c.client_id).is_none() {
-        return vec![];
-    }
-    let mut events = Vec::new();
-    for call in state.tool_calls() {
-        if call.dispatch.client_id == c.client_id {
-            events.push(Event::ToolCallCancelled(ToolCallCancelled {
-                request_id: call.dispatch.request_id.clone(),
-                reason: "disconnected".into(),
-            }));
-        }
-    }
-    for sub in state.subscriptions() {
-        if sub.client_id == c.client_id {
-            events.push(Event::SubscriptionClosed(SubscriptionClosed {
-                subscription_id: sub.subscription_id.clone(),
-                reason: "disconnected".into(),
-            }));
-        }
-    }
-    let session = state.session(&c.client_id);
-    events.push(Event::SessionClosed(SessionClosed {
-        client_id: c.client_id.clone(),
-        role: session.and_then(|s| s.role),
-        agent_id: session.and_then(|s| s.agent_id.clone()),
-        reason: c.reason.clone(),
-    }));
-    events
 }
 
 /// `name:<slug>`: lower-case letters and digits, other runs of characters as one `-`.

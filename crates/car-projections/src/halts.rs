@@ -3,7 +3,8 @@
 //! later proposals are then rejected; `session.clear_halt` clears a host session's own
 //! halt. New sessions start clear.
 //!
-//! The decisions of this aggregate; the fold is `State::apply` (`Session::halted`).
+//! The decisions of this aggregate; the fold is the sessions slice's
+//! ([`crate::sessions`], `Session::halted`).
 
 use car_events::event::{Event, HaltCleared, Role, SessionHalted};
 

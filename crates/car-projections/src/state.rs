@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use car_events::event::{DaemonStarted, Event, Role, RunStarted, SessionOpened, Termination};
+use car_events::event::{DaemonStarted, Event, RunStarted, Termination};
 use car_events::{Envelope, Fold, Seq};
 use chrono::{DateTime, Utc};
 
@@ -22,6 +22,8 @@ pub use crate::approvals::{Approval, ApprovalStatus};
 use crate::memory::Memory;
 pub use crate::proposals::Proposal;
 use crate::proposals::Proposals;
+pub use crate::sessions::Session;
+use crate::sessions::Sessions;
 pub use crate::subscriptions::Subscription;
 use crate::subscriptions::Subscriptions;
 pub use crate::tool_calls::ToolCall;
@@ -80,27 +82,6 @@ pub struct Daemon {
     pub recovered: bool,
     /// Whether it stopped cleanly.
     pub stopped: bool,
-}
-
-/// An open session (closed sessions are forgotten: the log keeps them).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// Its id.
-    pub client_id: String,
-    /// The peer address.
-    pub peer: String,
-    /// Its role, once known.
-    pub role: Option<Role>,
-    /// The agent it is bound to.
-    pub agent_id: Option<String>,
-    /// Whether `session.auth` succeeded (a second one is refused).
-    pub authenticated: bool,
-    /// Its `session.opened` event.
-    pub opened_seq: Seq,
-    /// When it opened.
-    pub opened_at: DateTime<Utc>,
-    /// Halted by a terminal tool failure (PROTOCOL.md §14.5): its proposals are rejected.
-    pub halted: bool,
 }
 
 /// One `run.turns_recorded` event of a run: turns `base_index ..` are stored at `seq`.
@@ -319,15 +300,6 @@ pub enum Contradiction {
     Memory(#[from] crate::memory::MemoryContradiction),
 }
 
-/// "role agent, agent `a1`" / "role none, no agent", for [`Contradiction::SessionMismatch`].
-fn describe_session(role: Option<Role>, agent_id: Option<&str>) -> String {
-    let role = role.map_or("none", Role::as_str);
-    match agent_id {
-        Some(agent_id) => format!("role {role}, agent `{agent_id}`"),
-        None => format!("role {role}, no agent"),
-    }
-}
-
 fn check_agent(run: &Run, agent_id: &str) -> Result<(), Contradiction> {
     if run.agent_id == agent_id {
         Ok(())
@@ -345,9 +317,8 @@ fn check_agent(run: &Run, agent_id: &str) -> Result<(), Contradiction> {
 pub struct State {
     head: Seq,
     daemon: Option<Daemon>,
-    sessions: BTreeMap<String, Session>,
-    /// Attached agent identities: `agent_id` → the `agent` session bound to it.
-    agents: BTreeMap<String, String>,
+    /// Open sessions and the agent identities attached to them.
+    sessions: Sessions,
     runs: HashMap<String, Run>,
     /// Retained runs in start order (seq order is start-time order: times never go back).
     runs_by_start: BTreeMap<Seq, String>,
@@ -425,83 +396,11 @@ impl State {
                     daemon.stopped = true;
                 }
             }
-            Event::SessionOpened(SessionOpened {
-                client_id,
-                peer,
-                role,
-                agent_id,
-            }) => {
-                if self.sessions.contains_key(client_id) {
-                    return Err(Contradiction::SessionAlreadyOpen(client_id.clone()));
-                }
-                if *role == Some(Role::Agent) {
-                    if let Some(agent_id) = agent_id {
-                        self.attach(agent_id, client_id)?;
-                    }
-                }
-                self.sessions.insert(
-                    client_id.clone(),
-                    Session {
-                        client_id: client_id.clone(),
-                        peer: peer.clone(),
-                        role: *role,
-                        agent_id: agent_id.clone(),
-                        authenticated: false,
-                        opened_seq: seq,
-                        opened_at: ts,
-                        halted: false,
-                    },
-                );
-            }
-            Event::SessionAuthenticated(e) => {
-                let Some(session) = self.sessions.get(&e.client_id) else {
-                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
-                };
-                if session.authenticated {
-                    return Err(Contradiction::AlreadyAuthenticated(e.client_id.clone()));
-                }
-                let previous = session
-                    .agent_id
-                    .clone()
-                    .filter(|_| session.role == Some(Role::Agent));
-                if e.role == Role::Agent {
-                    if let Some(agent_id) = &e.agent_id {
-                        if previous.as_deref() != Some(agent_id) {
-                            self.attach(agent_id, &e.client_id)?;
-                        }
-                    }
-                }
-                if let Some(previous) = previous {
-                    if e.role != Role::Agent || e.agent_id.as_deref() != Some(&previous) {
-                        self.agents.remove(&previous);
-                    }
-                }
-                if let Some(session) = self.sessions.get_mut(&e.client_id) {
-                    session.role = Some(e.role);
-                    session.agent_id = e.agent_id.clone();
-                    session.authenticated = true;
-                }
-            }
-            Event::SessionClosed(e) => {
-                let Some(session) = self.sessions.get(&e.client_id) else {
-                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
-                };
-                if (session.role, session.agent_id.as_deref()) != (e.role, e.agent_id.as_deref()) {
-                    return Err(Contradiction::SessionMismatch {
-                        client_id: e.client_id.clone(),
-                        expected: describe_session(session.role, session.agent_id.as_deref()),
-                        got: describe_session(e.role, e.agent_id.as_deref()),
-                    });
-                }
-                let Some(session) = self.sessions.remove(&e.client_id) else {
-                    return Err(Contradiction::UnknownSession(e.client_id.clone()));
-                };
-                if let Some(agent_id) = &session.agent_id {
-                    if self.agents.get(agent_id) == Some(&e.client_id) {
-                        self.agents.remove(agent_id);
-                    }
-                }
-            }
+            Event::SessionOpened(_)
+            | Event::SessionAuthenticated(_)
+            | Event::SessionClosed(_)
+            | Event::SessionHalted(_)
+            | Event::HaltCleared(_) => self.sessions.apply(env)?,
             Event::RunStarted(e) => self.start_run(e, seq, ts)?,
             Event::TurnsRecorded(e) => {
                 let run = self.run_mut(&e.run_id)?;
@@ -579,38 +478,13 @@ impl State {
             Event::SubscriptionOpened(_) | Event::SubscriptionClosed(_) => {
                 let sessions = &self.sessions;
                 self.subscriptions
-                    .apply(env, |client_id| sessions.contains_key(client_id))?;
+                    .apply(env, |client_id| sessions.is_open(client_id))?;
             }
             Event::MemoryFactAdded(_)
             | Event::MemoryFactDeleted(_)
             | Event::MemoryScopeLoaded(_)
             | Event::MemoryScopePersisted(_) => self.memory.apply(env)?,
-            Event::SessionHalted(e) => self.set_halted(&e.client_id, true)?,
-            Event::HaltCleared(e) => self.set_halted(&e.client_id, false)?,
         }
-        Ok(())
-    }
-
-    fn set_halted(&mut self, client_id: &str, halted: bool) -> Result<(), Contradiction> {
-        let session = self
-            .sessions
-            .get_mut(client_id)
-            .ok_or_else(|| Contradiction::UnknownSession(client_id.to_owned()))?;
-        session.halted = halted;
-        Ok(())
-    }
-
-    fn attach(&mut self, agent_id: &str, client_id: &str) -> Result<(), Contradiction> {
-        if let Some(holder) = self.agents.get(agent_id) {
-            if holder != client_id {
-                return Err(Contradiction::AgentAttached {
-                    agent_id: agent_id.to_owned(),
-                    client_id: holder.clone(),
-                });
-            }
-        }
-        self.agents
-            .insert(agent_id.to_owned(), client_id.to_owned());
         Ok(())
     }
 
@@ -677,17 +551,17 @@ impl State {
 
     /// Every open session, by id.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
-        self.sessions.values()
+        self.sessions.iter()
     }
 
     /// The session an agent identity is attached to.
     pub fn agent_session(&self, agent_id: &str) -> Option<&str> {
-        self.agents.get(agent_id).map(String::as_str)
+        self.sessions.agent_session(agent_id)
     }
 
     /// Attached agent identities and their sessions, by agent id.
     pub fn agents(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.agents.iter().map(|(a, c)| (a.as_str(), c.as_str()))
+        self.sessions.agents()
     }
 
     /// A retained run, whoever asks.
@@ -750,11 +624,11 @@ impl State {
         let starter_live = run
             .owner
             .as_deref()
-            .is_some_and(|owner| Some(owner) != except && self.sessions.contains_key(owner));
+            .is_some_and(|owner| Some(owner) != except && self.sessions.is_open(owner));
         let agent_live = self
-            .agents
-            .get(&run.agent_id)
-            .is_some_and(|client| Some(client.as_str()) != except);
+            .sessions
+            .agent_session(&run.agent_id)
+            .is_some_and(|client| Some(client) != except);
         starter_live || agent_live
     }
 

@@ -25,6 +25,7 @@ pub mod memory;
 pub mod proposal_result;
 pub mod proposals;
 pub mod recovery;
+pub mod runs;
 pub mod sessions;
 pub mod state;
 pub mod subscriptions;

@@ -160,7 +160,7 @@ pub(crate) fn finish_action(
     }
     let mut events = vec![Event::ProposalActionFinished(finished.clone())];
     if let Some(turn) = turn {
-        events.extend(crate::decide::record_turns(state, turn).unwrap_or_default());
+        events.extend(crate::runs::decide::record_turns(state, turn).unwrap_or_default());
     }
     events
 }

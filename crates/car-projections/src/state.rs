@@ -9,10 +9,19 @@
 //! holds its turn *count* and a per-run index of the seqs of its events, and a trace is
 //! read back from the log through that index ([`crate::trace`]), so reading any run costs
 //! O(its own events), and memory does not grow with turn sizes.
+//!
+//! [`State`] is the composition of one slice per aggregate, each in its own module with its
+//! fold and its decisions: [`crate::sessions`], [`crate::runs`], [`crate::approvals`],
+//! [`crate::subscriptions`], [`crate::tool_calls`], [`crate::proposals`] and
+//! [`crate::memory`]. This module keeps what they share: the seq check, the dispatch of
+//! each event to its aggregate's fold, the daemon's own lifecycle, the host feed's index,
+//! the reads (delegations to the slices, and those that join them, like run access) and
+//! the fold's errors ([`ApplyError`], [`Contradiction`]). The aggregates' types are
+//! re-exported here, so `car_projections::state::Run` and the like still name them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use car_events::event::{DaemonStarted, Event, RunStarted, Termination};
+use car_events::event::{DaemonStarted, Event};
 use car_events::{Envelope, Fold, Seq};
 use chrono::{DateTime, Utc};
 
@@ -22,6 +31,8 @@ pub use crate::approvals::{Approval, ApprovalStatus};
 use crate::memory::Memory;
 pub use crate::proposals::Proposal;
 use crate::proposals::Proposals;
+use crate::runs::Runs;
+pub use crate::runs::{MAX_TURNS_PER_RUN, Run, RunEnd, RunStatus, TurnBatch};
 pub use crate::sessions::Session;
 use crate::sessions::Sessions;
 pub use crate::subscriptions::Subscription;
@@ -29,43 +40,9 @@ use crate::subscriptions::Subscriptions;
 pub use crate::tool_calls::ToolCall;
 use crate::tool_calls::ToolCalls;
 
-/// The most turns a run may hold (PROTOCOL.md §3.3).
-pub const MAX_TURNS_PER_RUN: u32 = 2000;
 /// How many recent host-feed events the state indexes (for `host.subscribe`'s last 100
 /// and `host.events` paging): 80 KiB of seqs, hours of a busy daemon's feed.
 pub const HOST_FEED_WINDOW: usize = 10_000;
-
-/// A run's live status (PROTOCOL.md §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RunStatus {
-    /// Started, not ended.
-    InProgress,
-    /// Ended with an outcome.
-    Completed,
-    /// Ended without one.
-    Incomplete,
-}
-
-impl RunStatus {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::InProgress => "in_progress",
-            RunStatus::Completed => "completed",
-            RunStatus::Incomplete => "incomplete",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "in_progress" => Some(RunStatus::InProgress),
-            "completed" => Some(RunStatus::Completed),
-            "incomplete" => Some(RunStatus::Incomplete),
-            _ => None,
-        }
-    }
-}
 
 /// The daemon instance that last started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,89 +59,6 @@ pub struct Daemon {
     pub recovered: bool,
     /// Whether it stopped cleanly.
     pub stopped: bool,
-}
-
-/// One `run.turns_recorded` event of a run: turns `base_index ..` are stored at `seq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TurnBatch {
-    /// The index of its first turn.
-    pub base_index: u32,
-    /// The event holding the turns.
-    pub seq: Seq,
-}
-
-/// How and when a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunEnd {
-    /// How.
-    pub termination: Termination,
-    /// When.
-    pub ended_at: DateTime<Utc>,
-    /// Its `run.ended` event.
-    pub seq: Seq,
-}
-
-/// A retained run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
-    /// Its id.
-    pub run_id: String,
-    /// Its agent.
-    pub agent_id: String,
-    /// The session that started it.
-    pub owner: Option<String>,
-    /// What it is for.
-    pub intent: String,
-    /// The client's description of a good outcome.
-    pub outcome_description: Option<String>,
-    /// Its idempotency key.
-    pub idempotency_key: Option<String>,
-    /// Its `run.started` event.
-    pub started_seq: Seq,
-    /// When it started.
-    pub started_at: DateTime<Utc>,
-    /// How many turns it holds.
-    pub turn_count: u32,
-    /// Where its turns are in the log, in order.
-    pub turn_batches: Vec<TurnBatch>,
-    /// Its end, once ended.
-    pub end: Option<RunEnd>,
-    /// Other events that belong to it (tool calls, proposals), in order.
-    pub related: Vec<Seq>,
-}
-
-impl Run {
-    /// Its live status.
-    pub fn status(&self) -> RunStatus {
-        match &self.end {
-            None => RunStatus::InProgress,
-            Some(RunEnd {
-                termination: Termination::Outcome { .. },
-                ..
-            }) => RunStatus::Completed,
-            Some(_) => RunStatus::Incomplete,
-        }
-    }
-
-    /// Whether it has ended.
-    pub fn is_ended(&self) -> bool {
-        self.end.is_some()
-    }
-
-    /// The seq of its last event (start, turn batch or end).
-    pub fn last_seq(&self) -> Seq {
-        match (&self.end, self.turn_batches.last()) {
-            (Some(end), _) => end.seq,
-            (None, Some(batch)) => batch.seq,
-            (None, None) => self.started_seq,
-        }
-    }
-
-    /// The turn batches stored at or before `seq`: the run as it was at that position.
-    pub fn batches_until(&self, seq: Seq) -> &[TurnBatch] {
-        let n = self.turn_batches.partition_point(|b| b.seq <= seq);
-        &self.turn_batches[..n]
-    }
 }
 
 /// An event that cannot follow the events before it.
@@ -300,18 +194,6 @@ pub enum Contradiction {
     Memory(#[from] crate::memory::MemoryContradiction),
 }
 
-fn check_agent(run: &Run, agent_id: &str) -> Result<(), Contradiction> {
-    if run.agent_id == agent_id {
-        Ok(())
-    } else {
-        Err(Contradiction::AgentMismatch {
-            run_id: run.run_id.clone(),
-            expected: run.agent_id.clone(),
-            got: agent_id.to_owned(),
-        })
-    }
-}
-
 /// The state of the daemon at a position of its log.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -319,12 +201,8 @@ pub struct State {
     daemon: Option<Daemon>,
     /// Open sessions and the agent identities attached to them.
     sessions: Sessions,
-    runs: HashMap<String, Run>,
-    /// Retained runs in start order (seq order is start-time order: times never go back).
-    runs_by_start: BTreeMap<Seq, String>,
-    /// Evicted runs that had an idempotency key (`run_id` → `agent_id`): the key stays
-    /// taken, so a retried `runs.start` never creates a second run under an old id.
-    retired_keys: HashMap<String, String>,
+    /// Retained runs and the idempotency keys of evicted ones.
+    runs: Runs,
     approvals: Approvals,
     subscriptions: Subscriptions,
     tool_calls: ToolCalls,
@@ -401,59 +279,10 @@ impl State {
             | Event::SessionClosed(_)
             | Event::SessionHalted(_)
             | Event::HaltCleared(_) => self.sessions.apply(env)?,
-            Event::RunStarted(e) => self.start_run(e, seq, ts)?,
-            Event::TurnsRecorded(e) => {
-                let run = self.run_mut(&e.run_id)?;
-                if run.is_ended() {
-                    return Err(Contradiction::RunEnded(e.run_id.clone()));
-                }
-                if e.base_index != run.turn_count {
-                    return Err(Contradiction::TurnIndex {
-                        run_id: e.run_id.clone(),
-                        expected: run.turn_count,
-                        got: e.base_index,
-                    });
-                }
-                let count = u64::from(run.turn_count) + e.turns.len() as u64;
-                if count > u64::from(MAX_TURNS_PER_RUN) {
-                    return Err(Contradiction::TurnCeiling {
-                        run_id: e.run_id.clone(),
-                        count,
-                    });
-                }
-                if !e.turns.is_empty() {
-                    run.turn_batches.push(TurnBatch {
-                        base_index: e.base_index,
-                        seq,
-                    });
-                    run.turn_count = count as u32;
-                }
-            }
-            Event::RunEnded(e) => {
-                let run = self.run_mut(&e.run_id)?;
-                check_agent(run, &e.agent_id)?;
-                if run.is_ended() {
-                    return Err(Contradiction::RunEnded(e.run_id.clone()));
-                }
-                run.end = Some(RunEnd {
-                    termination: e.termination.clone(),
-                    ended_at: ts,
-                    seq,
-                });
-            }
-            Event::RunEvicted(e) => {
-                let run = self.run_mut(&e.run_id)?;
-                check_agent(run, &e.agent_id)?;
-                if !run.is_ended() {
-                    return Err(Contradiction::RunInProgress(e.run_id.clone()));
-                }
-                if let Some(run) = self.runs.remove(&e.run_id) {
-                    self.runs_by_start.remove(&run.started_seq);
-                    if run.idempotency_key.is_some() {
-                        self.retired_keys.insert(run.run_id, run.agent_id);
-                    }
-                }
-            }
+            Event::RunStarted(_)
+            | Event::TurnsRecorded(_)
+            | Event::RunEnded(_)
+            | Event::RunEvicted(_) => self.runs.apply(env)?,
             Event::ToolCallDispatched(_)
             | Event::ToolCallCompleted(_)
             | Event::ToolCallFailed(_)
@@ -462,7 +291,7 @@ impl State {
             | Event::ToolCallIndeterminate(_) => {
                 let runs = &mut self.runs;
                 self.tool_calls
-                    .apply(env, |run_id| relate(runs, run_id, seq))?;
+                    .apply(env, |run_id| runs.relate(run_id, seq))?;
             }
             Event::ProposalSubmitted(_)
             | Event::ProposalActionFinished(_)
@@ -470,7 +299,7 @@ impl State {
             | Event::ProposalResultRecorded(_) => {
                 let runs = &mut self.runs;
                 self.proposals
-                    .apply(env, |run_id| relate(runs, run_id, seq))?;
+                    .apply(env, |run_id| runs.relate(run_id, seq))?;
             }
             Event::ApprovalRequested(_)
             | Event::ApprovalResolved(_)
@@ -486,49 +315,6 @@ impl State {
             | Event::MemoryScopePersisted(_) => self.memory.apply(env)?,
         }
         Ok(())
-    }
-
-    fn start_run(
-        &mut self,
-        e: &RunStarted,
-        seq: Seq,
-        ts: DateTime<Utc>,
-    ) -> Result<(), Contradiction> {
-        if self.runs.contains_key(&e.run_id) || self.retired_keys.contains_key(&e.run_id) {
-            return Err(Contradiction::DuplicateRun(e.run_id.clone()));
-        }
-        self.runs_by_start.insert(seq, e.run_id.clone());
-        self.runs.insert(
-            e.run_id.clone(),
-            Run {
-                run_id: e.run_id.clone(),
-                agent_id: e.agent_id.clone(),
-                owner: e.client_id.clone(),
-                intent: e.intent.clone(),
-                outcome_description: e.outcome_description.clone(),
-                idempotency_key: e.idempotency_key.clone(),
-                started_seq: seq,
-                started_at: ts,
-                turn_count: 0,
-                turn_batches: Vec::new(),
-                end: None,
-                related: Vec::new(),
-            },
-        );
-        Ok(())
-    }
-
-    fn run_mut(&mut self, run_id: &str) -> Result<&mut Run, Contradiction> {
-        self.runs
-            .get_mut(run_id)
-            .ok_or_else(|| Contradiction::UnknownRun(run_id.to_owned()))
-    }
-}
-
-/// Indexes an event under a run it belongs to, when that run is retained.
-fn relate(runs: &mut HashMap<String, Run>, run_id: Option<&str>, seq: Seq) {
-    if let Some(run) = run_id.and_then(|id| runs.get_mut(id)) {
-        run.related.push(seq);
     }
 }
 
@@ -571,9 +357,7 @@ impl State {
 
     /// Retained runs, oldest start first.
     pub fn runs(&self) -> impl DoubleEndedIterator<Item = &Run> {
-        self.runs_by_start
-            .values()
-            .filter_map(|id| self.runs.get(id))
+        self.runs.by_start()
     }
 
     /// How many runs are retained.
@@ -583,14 +367,12 @@ impl State {
 
     /// The agent of an evicted run whose idempotency key stays taken.
     pub fn retired_key(&self, run_id: &str) -> Option<&str> {
-        self.retired_keys.get(run_id).map(String::as_str)
+        self.runs.retired_key(run_id)
     }
 
     /// Evicted runs whose idempotency keys stay taken.
     pub fn retired_keys(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.retired_keys
-            .iter()
-            .map(|(r, a)| (r.as_str(), a.as_str()))
+        self.runs.retired_keys()
     }
 
     /// Whether `actor` owns `run` (may write it).

@@ -64,11 +64,9 @@ impl Subscriptions {
                 );
             }
             Event::SubscriptionClosed(e) => {
-                if self.subscriptions.remove(&e.subscription_id).is_none() {
-                    return Err(Contradiction::UnknownSubscription(
-                        e.subscription_id.clone(),
-                    ));
-                }
+                self.subscriptions
+                    .remove(&e.subscription_id)
+                    .ok_or_else(|| Contradiction::UnknownSubscription(e.subscription_id.clone()))?;
             }
             _ => {}
         }

@@ -2,7 +2,7 @@
 //! behalf of a gated tool call), another session resolves it with one of its options, or
 //! its time runs out.
 //!
-//! The whole aggregate in one place: its slice of the state ([`Approvals`], every approval
+//! The whole aggregate in one place: its slice of the state (`Approvals`, every approval
 //! ever requested: they are never dropped, so the host feed can render any of them), its
 //! fold (`approval.requested`, `approval.resolved`, `approval.expired`) and its decisions
 //! ([`RequestApproval`], [`ResolveApproval`], [`ExpireApproval`]). The fold runs from

@@ -2,7 +2,7 @@
 //! daemon carries them out one by one (each through a tool call), records each action's
 //! end, then the proposal's result, then its end.
 //!
-//! The whole aggregate in one place: its slice of the state ([`Proposals`]: the proposals
+//! The whole aggregate in one place: its slice of the state (`Proposals`: the proposals
 //! in progress, and where each finished proposal's result is in the log), its fold
 //! (`proposal.submitted`, `proposal.action_finished`, `proposal.result_recorded`,
 //! `proposal.finished`) and its decisions (the `SubmitProposal`, `FinishAction`,

@@ -1,7 +1,7 @@
 //! Sessions: the connections the daemon serves, each with its role and, for an `agent`
 //! session, the agent identity it is bound to (at most one live session per identity).
 //!
-//! The whole aggregate in one place: its slice of the state ([`Sessions`]: the open
+//! The whole aggregate in one place: its slice of the state (`Sessions`: the open
 //! sessions and the attached agent identities; a closed session is forgotten, the log keeps
 //! it), its fold (`session.opened`, `session.authenticated`, `session.closed`, and the halt
 //! flag of `session.halted` / `session.halt_cleared`) and its decisions ([`OpenSession`],

@@ -1,7 +1,7 @@
 //! Subscriptions: a session following a run (`runs.subscribe`), the log (`log.subscribe`)
 //! or the host feed (`host.subscribe`) until it unsubscribes or leaves.
 //!
-//! The whole aggregate in one place: its slice of the state ([`Subscriptions`], the open
+//! The whole aggregate in one place: its slice of the state (`Subscriptions`, the open
 //! ones), its fold (`subscription.opened`, `subscription.closed`) and its decisions
 //! ([`Subscribe`], [`Unsubscribe`]). A subscription's `subscription.opened` seq is the
 //! position of its snapshot, so the gateway streams exactly the events after it. The fold

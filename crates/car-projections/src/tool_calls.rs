@@ -1,7 +1,7 @@
 //! Tool calls: `tools.execute` requests the daemon sends to an agent session on behalf of
 //! a proposal's actions, in flight until their reply, their deadline or their cancel.
 //!
-//! The whole aggregate in one place: its slice of the state ([`ToolCalls`], the calls in
+//! The whole aggregate in one place: its slice of the state (`ToolCalls`, the calls in
 //! flight), its fold (`tool_call.dispatched` and the five ways a call ends) and its
 //! decisions ([`DispatchToolCall`], [`FinishToolCall`]). Every tool call event is indexed
 //! under the run it names, when that run is retained, so a trace reads it back. The fold

@@ -2,12 +2,12 @@
 //! its outcome (`runs.complete`) or its abandonment, until retention evicts it.
 //!
 //! The whole aggregate in one place: the run types ([`Run`], [`RunStatus`], [`RunEnd`],
-//! [`TurnBatch`]), its slice of the state ([`Runs`]: the retained runs in start order, and
+//! [`TurnBatch`]), its slice of the state (`Runs`: the retained runs in start order, and
 //! the idempotency keys of evicted runs, which stay taken), its fold (`run.started`,
 //! `run.turns_recorded`, `run.ended`, `run.evicted`) and, in [`decide`](mod@decide), its
 //! decisions. A run keeps its turn *count* and the seqs of its events, not their contents:
 //! a trace reads them back from the log ([`crate::trace`]). Events of other aggregates
-//! that belong to a run (tool calls, proposals) are indexed under it by [`Runs::relate`].
+//! that belong to a run (tool calls, proposals) are indexed under it by `Runs::relate`.
 //! The fold runs from inside [`State::apply`](crate::State::apply), the decisions from
 //! inside [`crate::decide()`].
 

@@ -4,6 +4,9 @@
 //! - [`state`]: the [`State`] projection and its pure fold [`State::apply`];
 //! - [`decide`](mod@decide): every protocol write as a [`Command`] decided against the state into
 //!   events, or a typed [`Refusal`];
+//! - one module per aggregate, each with its slice of the state, its fold and its
+//!   decisions: [`sessions`], [`runs`], [`approvals`], [`subscriptions`], [`proposals`],
+//!   [`tool_calls`];
 //! - [`halts`]: sessions halted by a terminal tool failure, and `session.clear_halt`;
 //! - [`proposal_result`]: the `proposal.submit` result from its actions' outcomes;
 //! - [`recovery`]: start-up recovery, retention (GC) and shutdown as events;

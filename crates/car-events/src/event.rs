@@ -52,6 +52,8 @@ pub enum IncompleteReason {
     DaemonRestart,
     /// The daemon stopped while it ran.
     DaemonShutdown,
+    /// A host cancelled it while no live session held it (`runs.cancel`, PROTOCOL.md §14.1).
+    CancelledOrphan,
 }
 
 impl IncompleteReason {
@@ -61,6 +63,7 @@ impl IncompleteReason {
             IncompleteReason::Disconnected => "disconnected",
             IncompleteReason::DaemonRestart => "daemon_restart",
             IncompleteReason::DaemonShutdown => "daemon_shutdown",
+            IncompleteReason::CancelledOrphan => "cancelled_orphan",
         }
     }
 }
@@ -78,6 +81,13 @@ pub enum Termination {
     Incomplete {
         /// Why.
         reason: IncompleteReason,
+    },
+    /// Ended by `runs.cancel` (PROTOCOL.md §14.1). The reason itself is never stored.
+    Cancelled {
+        /// The cancellation's idempotency key.
+        idempotency_key: String,
+        /// Lowercase hex SHA-256 of the reason's UTF-8.
+        reason_digest: String,
     },
 }
 
@@ -538,6 +548,59 @@ pub struct ToolCallIndeterminate {
     pub error: String,
 }
 
+/// `runs.cancel` was asked to end a run (PROTOCOL.md §14.1): step 1 of a cancellation,
+/// before the run's in-flight callback is abandoned. The reason is kept only as its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCancellationRequested {
+    /// The run.
+    pub run_id: String,
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// Lowercase hex SHA-256 of the reason's UTF-8.
+    pub reason_digest: String,
+    /// Who asked: `host`, `agent:<agent_id>` or `client:<client_id>`.
+    pub principal: String,
+}
+
+/// How a cancellation ended, with the receipt `runs.cancel` answered (PROTOCOL.md §14.1):
+/// a retry with the same key gets this receipt back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCancellationResult {
+    /// The run.
+    pub run_id: String,
+    /// The cancellation's idempotency key.
+    pub idempotency_key: String,
+    /// `cancelled_confirmed`, `already_terminal` or `termination_unconfirmed` (the run
+    /// is then quarantined until a host cancels it as an orphan).
+    pub status: String,
+    /// The receipt exactly as answered.
+    pub receipt: JsonText,
+}
+
+/// An agent session took over a run whose producer was gone (`runs.resume`, PROTOCOL.md
+/// §14.2): it is the session's current run from here on, for recovery only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunResumed {
+    /// The run.
+    pub run_id: String,
+    /// The run's agent.
+    pub agent_id: String,
+    /// The resuming session.
+    pub client_id: String,
+    /// The session that held the run before, when known.
+    pub resumed_from_client_id: Option<String>,
+}
+
+/// An approval requested by a session with a current run (PROTOCOL.md §14.5): the
+/// request as [`ApprovalRequested`] records it, and the run it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequestedInRun {
+    /// The request.
+    pub approval: ApprovalRequested,
+    /// The requesting session's current run.
+    pub run_id: String,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -631,6 +694,14 @@ events! {
     ProposalActionFinished(ProposalActionFinished) = "proposal.action_finished",
     /// A tool call's outcome is unknown (found open at start-up).
     ToolCallIndeterminate(ToolCallIndeterminate) = "tool_call.indeterminate",
+    /// `runs.cancel` asked to end a run.
+    RunCancellationRequested(RunCancellationRequested) = "run.cancellation_requested",
+    /// How a cancellation ended, with its receipt.
+    RunCancellationResult(RunCancellationResult) = "run.cancellation_result",
+    /// An agent session resumed a run.
+    RunResumed(RunResumed) = "run.resumed",
+    /// An approval was requested by a session with a current run.
+    ApprovalRequestedInRun(ApprovalRequestedInRun) = "approval.requested_in_run",
 }
 
 impl Event {
@@ -644,6 +715,10 @@ impl Event {
             Event::RunEvicted(e) => Some(&e.run_id),
             Event::ToolCallDispatched(e) => e.run_id.as_deref(),
             Event::ProposalSubmitted(e) => e.run_id.as_deref(),
+            Event::RunCancellationRequested(e) => Some(&e.run_id),
+            Event::RunCancellationResult(e) => Some(&e.run_id),
+            Event::RunResumed(e) => Some(&e.run_id),
+            Event::ApprovalRequestedInRun(e) => Some(&e.run_id),
             _ => None,
         }
     }
@@ -659,6 +734,8 @@ impl Event {
             Event::RunStarted(e) => e.client_id.as_deref(),
             Event::ToolCallDispatched(e) => Some(&e.client_id),
             Event::ApprovalRequested(e) => e.client_id.as_deref(),
+            Event::ApprovalRequestedInRun(e) => e.approval.client_id.as_deref(),
+            Event::RunResumed(e) => Some(&e.client_id),
             Event::ApprovalResolved(e) => e.client_id.as_deref(),
             Event::SubscriptionOpened(e) => Some(&e.client_id),
             Event::ProposalSubmitted(e) => Some(&e.client_id),

@@ -6,6 +6,7 @@
 //! - [`log`]: the [`EventLog`] trait, [`SledLog`] and [`MemLog`].
 //! - [`writer`]: the single [`Writer`]: group commit, decisions against the state, the
 //!   durable head.
+//! - [`receipt`]: `runs.cancel` receipts and their digests (SHA-256 over RFC 8785 JSON);
 //! - [`scan`]: ordered scans that decode on other threads (replay, audits);
 //! - [`clock`]: injected time and ids, so replays and tests are deterministic.
 
@@ -15,6 +16,7 @@ pub mod envelope;
 pub mod event;
 pub mod json_text;
 pub mod log;
+pub mod receipt;
 pub mod render;
 pub mod scan;
 pub mod writer;

@@ -36,15 +36,16 @@ use std::sync::Once;
 
 use car_events::codec;
 use car_events::event::{
-    ApprovalExpired, ApprovalRequested, ApprovalResolved, DaemonRecovered, DaemonStarted,
+    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, DaemonRecovered, DaemonStarted,
     DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason, MemoryFact,
     MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted,
     ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role,
-    RunEnded, RunEvicted, RunStarted, SessionAuthenticated, SessionClosed, SessionHalted,
+    RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted, RunResumed, RunStarted, SessionAuthenticated, SessionClosed, SessionHalted,
     SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
     ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
     ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
 };
+use car_events::receipt::{self, CancelStatus, Receipt};
 use car_events::{
     Envelope, Event, EventJson, EventLog, JsonText, ManualClock, OpenOptions, SCHEMA_VERSION, Seq,
     SledLog, Stamper,
@@ -79,6 +80,7 @@ fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
         3 => Some(golden_v3),
         4 => Some(golden_v4),
         5 => Some(golden_v5),
+        6 => Some(golden_v6),
         _ => None,
     }
 }
@@ -1368,6 +1370,245 @@ fn golden_v5() -> Vec<Envelope> {
     stamp("2026-12-02T11:00:00.000Z", 20_261_204, events)
 }
 
+/// Runs v3 (PROTOCOL.md §14): a cancellation confirmed with its receipt, one left
+/// unconfirmed (the run quarantined) and then ended by a host as an orphan, a resume after
+/// a reconnect, and approvals asked for inside a run. The receipts are real: their digests
+/// recompute (the `ended` record digested is the one `runs.get_trace` serves).
+fn golden_v6() -> Vec<Envelope> {
+    let agent = |client_id: &str| {
+        [
+            (
+                15,
+                Event::from(SessionOpened {
+                    client_id: s(client_id),
+                    peer: s("127.0.0.1:54100"),
+                    role: None,
+                    agent_id: None,
+                }),
+            ),
+            (
+                2,
+                Event::from(SessionAuthenticated {
+                    client_id: s(client_id),
+                    role: Role::Agent,
+                    agent_id: some("agent-ops"),
+                }),
+            ),
+        ]
+    };
+    let started = |run_id: &str, client_id: &str| {
+        Event::from(RunStarted {
+            run_id: s(run_id),
+            agent_id: s("agent-ops"),
+            client_id: some(client_id),
+            intent: s("rotate the staging credentials"),
+            outcome_description: None,
+            idempotency_key: None,
+        })
+    };
+    let requested = |run_id: &str, key: &str, reason: &str, principal: &str| {
+        Event::from(RunCancellationRequested {
+            run_id: s(run_id),
+            idempotency_key: s(key),
+            reason_digest: receipt::reason_digest(reason),
+            principal: s(principal),
+        })
+    };
+    // Receipts are filled in once the `ended` records have their times (below).
+    let result = |run_id: &str, key: &str, status: CancelStatus| {
+        Event::from(RunCancellationResult {
+            run_id: s(run_id),
+            idempotency_key: s(key),
+            status: s(status.as_str()),
+            receipt: JsonText::from(Value::Null),
+        })
+    };
+    let approval = |id: &str, client_id: Option<String>, agent_id: Option<String>| {
+        ApprovalRequested {
+            approval_id: s(id),
+            client_id,
+            agent_id,
+            action: s("tool:secrets.rotate"),
+            details: JsonText::from(json!({"tool": "secrets.rotate", "params_preview": "{\"env\":\"staging\"}"})),
+            options: vec![s("approve"), s("deny")],
+            system_level: true,
+        }
+    };
+    let mut events = vec![(
+        0,
+        Event::from(DaemonStarted {
+            version: s("0.6.0"),
+            pid: 9696,
+            data_dir: s("/var/lib/car"),
+            listen: s("127.0.0.1:9100"),
+        }),
+    )];
+    events.extend(agent("sess-a1"));
+    events.extend([
+        (
+            20,
+            Event::from(SessionOpened {
+                client_id: s("sess-h"),
+                peer: s("127.0.0.1:54101"),
+                role: None,
+                agent_id: None,
+            }),
+        ),
+        (
+            1,
+            Event::from(SessionAuthenticated {
+                client_id: s("sess-h"),
+                role: Role::Host,
+                agent_id: None,
+            }),
+        ),
+        (30, started("run-c1", "sess-a1")),
+        (
+            40,
+            Event::from(ApprovalRequestedInRun {
+                approval: approval("appr-61", some("sess-a1"), some("agent-ops")),
+                run_id: s("run-c1"),
+            }),
+        ),
+        (
+            5,
+            Event::from(ApprovalRequestedInRun {
+                approval: approval("appr-62", None, None),
+                run_id: s("run-c1"),
+            }),
+        ),
+        (
+            900,
+            requested("run-c1", "stop-1", "operator pressed stop", "agent:agent-ops"),
+        ),
+        (
+            3,
+            Event::from(RunEnded {
+                run_id: s("run-c1"),
+                agent_id: s("agent-ops"),
+                termination: Termination::Cancelled {
+                    idempotency_key: s("stop-1"),
+                    reason_digest: receipt::reason_digest("operator pressed stop"),
+                },
+            }),
+        ),
+        (2, result("run-c1", "stop-1", CancelStatus::CancelledConfirmed)),
+        (60, started("run-c2", "sess-a1")),
+        (500, requested("run-c2", "host-stop-1", "budget exceeded", "host")),
+        (
+            4,
+            result("run-c2", "host-stop-1", CancelStatus::TerminationUnconfirmed),
+        ),
+        (
+            10,
+            Event::from(SessionClosed {
+                client_id: s("sess-a1"),
+                role: Some(Role::Agent),
+                agent_id: some("agent-ops"),
+                reason: s("connection lost"),
+            }),
+        ),
+        (700, requested("run-c2", "host-stop-2", "budget exceeded", "host")),
+        (
+            2,
+            Event::from(RunEnded {
+                run_id: s("run-c2"),
+                agent_id: s("agent-ops"),
+                termination: Termination::Incomplete {
+                    reason: IncompleteReason::CancelledOrphan,
+                },
+            }),
+        ),
+        (2, result("run-c2", "host-stop-2", CancelStatus::AlreadyTerminal)),
+    ]);
+    events.extend(agent("sess-a2"));
+    events.push((40, started("run-c3", "sess-a2")));
+    events.push((
+        10,
+        Event::from(SessionClosed {
+            client_id: s("sess-a2"),
+            role: Some(Role::Agent),
+            agent_id: some("agent-ops"),
+            reason: s("connection lost"),
+        }),
+    ));
+    events.extend(agent("sess-a3"));
+    events.push((
+        30,
+        Event::from(RunResumed {
+            run_id: s("run-c3"),
+            agent_id: s("agent-ops"),
+            client_id: s("sess-a3"),
+            resumed_from_client_id: some("sess-a2"),
+        }),
+    ));
+    events.push((
+        5,
+        Event::from(RunResumed {
+            run_id: s("run-c3"),
+            agent_id: s("agent-ops"),
+            client_id: s("sess-a3"),
+            resumed_from_client_id: None,
+        }),
+    ));
+    let mut envelopes = stamp("2026-12-03T09:00:00.000Z", 20_261_206, events);
+    fill_receipts(&mut envelopes);
+    envelopes
+}
+
+/// Puts the real receipt into each `run.cancellation_result`, from the request before it
+/// and the run's `ended` record (digested as `runs.get_trace` serves it).
+fn fill_receipts(envelopes: &mut [Envelope]) {
+    let mut requests: Vec<RunCancellationRequested> = Vec::new();
+    let mut ended: Vec<(String, Value)> = Vec::new();
+    for env in envelopes.iter_mut() {
+        match &mut env.event {
+            Event::RunCancellationRequested(r) => requests.push(r.clone()),
+            Event::RunEnded(e) => {
+                let termination = match &e.termination {
+                    Termination::Cancelled {
+                        idempotency_key,
+                        reason_digest,
+                    } => json!({"kind": "cancelled", "idempotency_key": idempotency_key,
+                                "reason_digest": reason_digest}),
+                    Termination::Incomplete { reason } => {
+                        json!({"kind": "incomplete", "reason": reason.as_str()})
+                    }
+                    Termination::Outcome { outcome } => {
+                        json!({"kind": "outcome", "outcome": outcome.to_value()})
+                    }
+                };
+                let record = json!({"record": "ended", "run_id": e.run_id, "agent_id": e.agent_id,
+                    "termination": termination, "ended_at": car_events::format_ts(env.ts)});
+                ended.push((e.run_id.clone(), record));
+            }
+            Event::RunCancellationResult(r) => {
+                let request = requests
+                    .iter()
+                    .find(|q| q.idempotency_key == r.idempotency_key)
+                    .expect("a result follows its request");
+                let status = CancelStatus::parse(&r.status).unwrap();
+                let terminal = (status != CancelStatus::TerminationUnconfirmed).then(|| {
+                    let (_, record) = ended.iter().find(|(run, _)| *run == r.run_id).unwrap();
+                    receipt::jcs_digest(record)
+                });
+                let receipt = Receipt::new(
+                    &r.run_id,
+                    &r.idempotency_key,
+                    &request.reason_digest,
+                    &request.principal,
+                    status,
+                    terminal,
+                    None,
+                    None,
+                );
+                r.receipt = JsonText::from(receipt.to_value());
+            }
+            _ => {}
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading and (once) writing the fixture files.
 
@@ -1734,9 +1975,14 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
                     IncompleteReason::Disconnected => s("IncompleteReason::Disconnected"),
                     IncompleteReason::DaemonRestart => s("IncompleteReason::DaemonRestart"),
                     IncompleteReason::DaemonShutdown => s("IncompleteReason::DaemonShutdown"),
+                    IncompleteReason::CancelledOrphan => s("IncompleteReason::CancelledOrphan"),
                 },
                 true,
             ),
+            Termination::Cancelled {
+                idempotency_key: _,
+                reason_digest: _,
+            } => (s("Termination::Cancelled"), true),
         }],
         Event::RunEvicted(RunEvicted {
             run_id: _,
@@ -1769,6 +2015,40 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             opt("client_id", client_id.is_some()),
             opt("agent_id", agent_id.is_some()),
         ],
+        Event::ApprovalRequestedInRun(ApprovalRequestedInRun {
+            approval:
+                ApprovalRequested {
+                    approval_id: _,
+                    client_id,
+                    agent_id,
+                    action: _,
+                    details: _,
+                    options: _,
+                    system_level: _,
+                },
+            run_id: _,
+        }) => vec![
+            opt("client_id", client_id.is_some()),
+            opt("agent_id", agent_id.is_some()),
+        ],
+        Event::RunResumed(RunResumed {
+            run_id: _,
+            agent_id: _,
+            client_id: _,
+            resumed_from_client_id,
+        }) => vec![opt("resumed_from_client_id", resumed_from_client_id.is_some())],
+        Event::RunCancellationRequested(RunCancellationRequested {
+            run_id: _,
+            idempotency_key: _,
+            reason_digest: _,
+            principal: _,
+        })
+        | Event::RunCancellationResult(RunCancellationResult {
+            run_id: _,
+            idempotency_key: _,
+            status: _,
+            receipt: _,
+        }) => vec![],
         Event::ApprovalResolved(ApprovalResolved {
             approval_id: _,
             resolution: _,
@@ -1869,6 +2149,8 @@ const NESTED_VARIANTS: &[&str] = &[
     "IncompleteReason::Disconnected",
     "IncompleteReason::DaemonRestart",
     "IncompleteReason::DaemonShutdown",
+    "IncompleteReason::CancelledOrphan",
+    "Termination::Cancelled",
     "EvictionReason::Age",
     "EvictionReason::Count",
     "SubscriptionTarget::Run",
@@ -1898,7 +2180,7 @@ fn golden_fixtures_contain_every_nested_variant_and_both_sides_of_every_option()
         .filter(|(name, _)| !name.contains("::"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(options.len(), 19, "Option fields found: {options:?}");
+    assert_eq!(options.len(), 22, "Option fields found: {options:?}");
     for field in options {
         for set in [true, false] {
             assert!(

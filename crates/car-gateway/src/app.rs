@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::frames::TurnFrames;
+use crate::live_proposals::LiveProposals;
 use crate::notify::{Notifier, approval_key, run_key};
 use crate::rpc::RpcError;
 use crate::tokens::Tokens;
@@ -37,6 +38,8 @@ pub struct App {
     pub stopping: CancellationToken,
     /// Recent `runs.trace.event` frames, rendered once for all of a run's subscribers.
     pub turn_frames: Arc<TurnFrames>,
+    /// The proposals running under each run, for `runs.cancel`.
+    pub(crate) live_proposals: Arc<LiveProposals>,
 }
 
 /// A write whose events are durable.

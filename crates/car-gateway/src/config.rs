@@ -22,6 +22,10 @@ pub const DEFAULT_TOOL_TIMEOUT_SECS: u64 = 300;
 /// How long a connection may stay unauthenticated: a client authenticates in its first
 /// round trip; strangers must not hold connection slots (of `--max-connections`) forever.
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 30_000;
+/// The resume lease (PROTOCOL.md §14.2 and §18: CAR's value): long enough for an agent
+/// to notice a dropped connection and reconnect, short enough that an abandoned run does
+/// not look alive for long.
+pub const DEFAULT_RESUME_LEASE_SECS: f64 = 10.0;
 /// Default address of the MCP endpoint (PROTOCOL.md §16, §18), whatever `--port` says.
 pub const DEFAULT_MCP_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9102);
 /// Default GC period (PROTOCOL.md §9).
@@ -114,6 +118,12 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = 250)]
     pub disconnect_grace_ms: u64,
 
+    /// Seconds a run in progress waits for its agent to come back with `runs.resume` after
+    /// its last owner left, when that owner negotiated `runs.resume.v1` (PROTOCOL.md §14.2;
+    /// fractions allowed)
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESUME_LEASE_SECS)]
+    pub resume_lease: f64,
+
     /// Close a connection that has not authenticated after this long, in milliseconds.
     #[arg(long, hide = true, default_value_t = DEFAULT_AUTH_TIMEOUT_MS)]
     pub auth_timeout_ms: u64,
@@ -157,6 +167,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Runs left without an owner end this long after the owner leaves (§3.7: 250 ms).
     pub disconnect_grace: Duration,
+    /// The same, when the owner negotiated `runs.resume.v1` (§14.2: 10 s).
+    pub resume_lease: Duration,
     /// A connection still unauthenticated after this long is closed (1008).
     pub auth_timeout: Duration,
     /// The MCP endpoint (PROTOCOL.md §16).
@@ -190,6 +202,7 @@ impl Config {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             disconnect_grace: Duration::from_millis(250),
+            resume_lease: Duration::from_secs_f64(DEFAULT_RESUME_LEASE_SECS),
             auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
             mcp_bind: Bind::Default(DEFAULT_MCP_BIND),
@@ -215,6 +228,9 @@ impl Config {
         }
         if cli.memory_max_facts == 0 {
             return Err("--memory-max-facts must be at least 1".into());
+        }
+        if !(cli.resume_lease.is_finite() && cli.resume_lease >= 0.0 && cli.resume_lease <= 86_400.0) {
+            return Err("--resume-lease must be 0 to 86400 seconds".into());
         }
         if cli.gc_interval == 0 {
             return Err("--gc-interval must be at least 1 second".into());
@@ -247,6 +263,7 @@ impl Config {
         config.ping_interval = Duration::from_millis(cli.ping_interval_ms.max(1));
         config.idle_timeout = Duration::from_millis(cli.idle_timeout_ms.max(1));
         config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
+        config.resume_lease = Duration::from_secs_f64(cli.resume_lease);
         config.auth_timeout = Duration::from_millis(cli.auth_timeout_ms.max(1));
         config.mcp_bind = Bind::parse("--mcp-bind", cli.mcp_bind.as_deref(), DEFAULT_MCP_BIND)?;
         config.memory_max_facts = cli.memory_max_facts;

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::handlers;
 use crate::outbound::{self, Frame};
+use crate::protocol;
 use crate::rpc::{self, Incoming, RpcError};
 use crate::session::{Batch, Deferred, Fence, Responder, Session, Sink};
 use crate::tools::ToolSession;
@@ -110,6 +111,7 @@ pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: S
         authenticated: false,
         protocol: None,
         current_run: None,
+        current_run_resumed: false,
         out,
         subscriptions: HashMap::new(),
         fence: Fence::new(),
@@ -321,6 +323,7 @@ async fn end_session(session: Session, ending: Ending) {
         out,
         closing,
         unrecorded,
+        protocol,
         ..
     } = session;
     closing.cancel();
@@ -350,7 +353,12 @@ async fn end_session(session: Session, ending: Ending) {
         tracing::warn!(%client_id, %err, "could not record the end of a session");
     }
     let agent_id = actor.and_then(|a| a.bound_agent().map(str::to_owned));
-    let grace = app.config.disconnect_grace;
+    // An owner that can come back with `runs.resume` gets the resume lease (§14.2).
+    let grace = if protocol::has(protocol.as_ref(), protocol::RESUME) {
+        app.config.resume_lease
+    } else {
+        app.config.disconnect_grace
+    };
     tokio::spawn(async move {
         tokio::select! {
             () = tokio::time::sleep(grace) => {}

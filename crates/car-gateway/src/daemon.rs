@@ -243,6 +243,7 @@ impl Daemon {
             notifier: Notifier::default(),
             stopping: CancellationToken::new(),
             turn_frames: Arc::default(),
+            live_proposals: Arc::default(),
         });
         // The HTTP endpoints open after recovery (PROTOCOL.md §18).
         let mut http = Vec::new();

@@ -11,7 +11,8 @@
 //!   `Responder`, the shapes of every write and read;
 //! - `tail` (live subscriptions as cursors over the log), `gate` (the approval gate),
 //!   `reads` (bounded log reads off the async workers), `tools` (tool calls in flight),
-//!   `sandbox` (the memory directory of `memory.persist`/`memory.load`);
+//!   `sandbox` (the memory directory of `memory.persist`/`memory.load`),
+//!   `live_proposals` (the proposals running under each run, for `runs.cancel`);
 //! - `outbound` (a connection's bounded send queue), `frames` (the shared frame cache of
 //!   run subscriptions);
 //! - [`app`]: what connections share: the single writer, the notifier, the tokens;
@@ -28,6 +29,7 @@ pub mod daemon;
 mod frames;
 mod gate;
 mod handlers;
+mod live_proposals;
 pub mod http;
 pub mod notify;
 mod outbound;

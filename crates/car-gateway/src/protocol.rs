@@ -19,15 +19,19 @@ pub(crate) const VERSIONS: [u64; 2] = [2, 3];
 const CLIENT_VERSION_CHARS: usize = 64;
 
 /// The capabilities a v3 handshake can negotiate: the ones whose methods this daemon
-/// serves, and the two CAR's bundled v3 clients require, which constrain `infer` and
-/// `models.*` results, methods absent here, so they hold trivially (§10). `runs.cancel.v1`,
-/// `runs.resume.v1` and `runs.pagination.v1` join this list with their methods (§14): a
-/// capability is never offered for a method that does not exist.
+/// serves (§14), and the two CAR's bundled v3 clients require, which constrain `infer` and
+/// `models.*` results, methods absent here, so they hold trivially (§10).
 pub(crate) const SUPPORTED: &[&str] = &[
     "infer.model-identity.v1",
     "models.catalog-identity.v1",
+    CANCEL,
+    RESUME,
     PAGINATION,
 ];
+/// `runs.cancel` (§14.1).
+pub(crate) const CANCEL: &str = "runs.cancel.v1";
+/// `runs.resume` and the resume lease (§14.2).
+pub(crate) const RESUME: &str = "runs.resume.v1";
 /// Paginated `runs.list`, `runs.get_trace`, `runs.subscribe` (§14.4).
 pub(crate) const PAGINATION: &str = "runs.pagination.v1";
 

@@ -216,6 +216,9 @@ pub(crate) struct Session {
     pub(crate) protocol: Option<crate::protocol::Negotiated>,
     /// The run started last by this session (proposal actions are recorded in it).
     pub(crate) current_run: Option<String>,
+    /// The current run was taken over by `runs.resume` (§14.2): recovery only, so
+    /// `proposal.submit` answers stored results and runs nothing.
+    pub(crate) current_run_resumed: bool,
     /// Where frames go.
     pub(crate) out: Outbound,
     /// Live subscriptions, by key (`run:<id>`, `log:<id>`, `host`), to cancel their tails.

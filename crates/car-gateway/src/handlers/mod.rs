@@ -7,6 +7,7 @@ pub(crate) mod log;
 pub(crate) mod memory;
 pub(crate) mod pages;
 pub(crate) mod proposals;
+pub(crate) mod run_control;
 pub(crate) mod runs;
 pub(crate) mod session;
 pub(crate) mod tools;
@@ -110,6 +111,8 @@ pub(crate) async fn route(
         "runs.record_turns" => runs::record_turns(session, params, responder).await,
         "runs.record_model_turn" => runs::record_model_turn(session, params, responder).await,
         "runs.complete" => runs::complete(session, params, responder).await,
+        "runs.cancel" => run_control::cancel(session, params, responder).await,
+        "runs.resume" => run_control::resume(session, params, responder).await,
         "runs.list" => runs::list(session, params, responder).await,
         "runs.get_trace" => runs::get_trace(session, params, responder).await,
         "runs.subscribe" => runs::subscribe(session, params, responder).await,

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use car_events::JsonText;
+use car_events::{JsonText, Seq};
 use car_events::event::{
     Event, ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted,
     SessionHalted, ToolCallDispatched,
@@ -29,6 +29,7 @@ use crate::outbound::Outbound;
 use crate::reads::read_blocking;
 use crate::rpc::{self, RpcError};
 use crate::session::{Responder, Session};
+use crate::live_proposals::ControlGuard;
 use crate::tools::{CallTable, Policy, ToolReply};
 
 /// Extra time a client gets beyond an action's own `timeout_ms` (PROTOCOL.md §4.2).
@@ -108,6 +109,13 @@ pub(crate) async fn submit(session: &mut Session, params: Value, responder: Resp
         Ok(prepared) => prepared,
         Err(err) => return responder.send(Err(err)).await,
     };
+    if let (true, Some(run_id)) = (session.current_run_resumed, session.current_run.clone()) {
+        // A resumed run is for recovery only (§14.2): stored results, nothing runs.
+        let app = session.app.clone();
+        return session.reply_later(responder, async move {
+            stored_result(&app, &run_id, proposal.id.as_deref()).await
+        });
+    }
     let runner = Runner {
         app: session.app.clone(),
         out: session.out.clone(),
@@ -119,6 +127,10 @@ pub(crate) async fn submit(session: &mut Session, params: Value, responder: Resp
         registered: (!session.tools.tools.is_empty())
             .then(|| session.tools.tools.keys().cloned().collect()),
         policies: session.tools.policies.clone(),
+        control: session
+            .current_run
+            .as_deref()
+            .map(|run_id| session.app.live_proposals.register(run_id)),
     };
     // Not under the handler deadline: a proposal waits for tools by design, each call
     // with its own timeout.
@@ -148,9 +160,27 @@ struct Runner {
     /// name may be called).
     registered: Option<BTreeSet<String>>,
     policies: Vec<Policy>,
+    /// Registered under the run while the proposal runs, so `runs.cancel` can stop it.
+    control: Option<ControlGuard>,
+}
+
+/// How an action's last attempt ended, besides its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Succeeded, or failed in a way `failure_behavior` decides about.
+    Normal,
+    /// The client said the failure is terminal: no retry, the session halts (§14.5).
+    Terminal,
+    /// The run was cancelled (§14.1): the proposal skips its later actions.
+    Cancelled,
 }
 
 impl Runner {
+    /// The run's cancellation text, once `runs.cancel` stopped it.
+    fn cancelled(&self) -> Option<String> {
+        self.control.as_ref().and_then(ControlGuard::cancelled)
+    }
+
     async fn run(self, actions: Vec<Action>) -> Result<Value, RpcError> {
         let submitted = Command::SubmitProposal(ProposalSubmitted {
             proposal_id: self.proposal_id.clone(),
@@ -169,20 +199,21 @@ impl Runner {
         let mut stopped = false;
         let mut failed = false;
         for action in &actions {
-            if stopped {
+            if stopped || self.cancelled().is_some() {
                 result.skipped(&action.id);
+                failed = true;
                 continue;
             }
             let parameters = action.parameters.clone().unwrap_or_else(|| json!({}));
-            let (status, attempts, terminal) = if halted {
-                (Status::Rejected(halts::HALTED.into()), 0, false)
+            let (status, attempts, ending) = if halted {
+                (Status::Rejected(halts::HALTED.into()), 0, Ending::Normal)
             } else {
                 self.run_action(action, &parameters).await
             };
             let outcome = self.outcome(action, &status, attempts);
             self.record_action(action, &parameters, &status, &outcome)
                 .await;
-            if terminal {
+            if ending == Ending::Terminal {
                 if let Status::Failed(error) = &status {
                     self.halt(action, error).await;
                 }
@@ -190,7 +221,8 @@ impl Runner {
             result.outcome(&outcome);
             if !matches!(status, Status::Succeeded(_)) {
                 failed = true;
-                stopped = terminal || action.failure_behavior != Some(Behavior::Continue);
+                stopped = ending != Ending::Normal
+                    || action.failure_behavior != Some(Behavior::Continue);
             }
         }
         failed |= stopped;
@@ -229,15 +261,14 @@ impl Runner {
         }
     }
 
-    /// Runs one action: checks, the gate, then one or more attempts. The flag: the last
-    /// attempt failed terminally (`data.terminal: true`): no retry, the session halts.
-    async fn run_action(&self, action: &Action, parameters: &Value) -> (Status, u32, bool) {
+    /// Runs one action: checks, the gate, then one or more attempts.
+    async fn run_action(&self, action: &Action, parameters: &Value) -> (Status, u32, Ending) {
         if let Some(registered) = &self.registered {
             if !registered.contains(&action.tool) {
                 return (
                     Status::Failed(format!("unknown tool: {}", action.tool)),
                     0,
-                    false,
+                    Ending::Normal,
                 );
             }
         }
@@ -249,7 +280,7 @@ impl Runner {
             return (
                 Status::Rejected(format!("rejected by policy '{}'", policy.name)),
                 0,
-                false,
+                Ending::Normal,
             );
         }
         if gate::is_gated(&self.app, &action.tool) {
@@ -262,7 +293,7 @@ impl Runner {
             )
             .await
             {
-                return (Status::Failed(err.to_string()), 0, false);
+                return (Status::Failed(err.to_string()), 0, Ending::Normal);
             }
         }
         let attempts = match action.failure_behavior {
@@ -280,16 +311,16 @@ impl Runner {
         let mut error = String::new();
         for attempt in 1..=attempts {
             match self.call(action, parameters, attempt, wait).await {
-                Ok(output) => return (Status::Succeeded(output), attempt, false),
-                Err(CallFailure { message, terminal }) => {
-                    if terminal {
-                        return (Status::Failed(message), attempt, true);
+                Ok(output) => return (Status::Succeeded(output), attempt, Ending::Normal),
+                Err(CallFailure { message, ending }) => {
+                    if ending != Ending::Normal {
+                        return (Status::Failed(message), attempt, ending);
                     }
                     error = message;
                 }
             }
         }
-        (Status::Failed(error), attempts, false)
+        (Status::Failed(error), attempts, Ending::Normal)
     }
 
     /// One `tools.execute` round trip.
@@ -303,6 +334,9 @@ impl Runner {
         const GONE: &str = "client disconnected";
         if self.calls.is_gone() {
             return Err(GONE.into());
+        }
+        if let Some(message) = self.cancelled() {
+            return Err(CallFailure::cancelled(message));
         }
         let request_id = self.app.new_id();
         let dispatch = Command::DispatchToolCall(DispatchToolCall {
@@ -320,6 +354,16 @@ impl Runner {
         });
         if let Err(err) = self.app.execute(dispatch, |_, _| ()).await {
             return Err(err.to_string().into());
+        }
+        if let Some(control) = &self.control {
+            if let Err(message) = control.begin_call(&action.id, &request_id) {
+                // Cancelled while the marker was written: never sent.
+                self.finish_call(&request_id, ToolCallOutcome::Cancelled {
+                    reason: message.clone(),
+                })
+                .await;
+                return Err(CallFailure::cancelled(message));
+            }
         }
         let reply = self.calls.expect(&request_id);
         let mut params = json!({
@@ -342,11 +386,22 @@ impl Runner {
         let outcome = if !sent {
             None
         } else {
-            tokio::time::timeout(wait, reply)
-                .await
-                .ok()
-                .map(|r| r.unwrap_or(ToolReply::Gone(GONE.into())))
+            let cancelled = async {
+                match &self.control {
+                    Some(control) => control.wait_cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                reply = tokio::time::timeout(wait, reply) => {
+                    reply.ok().map(|r| r.unwrap_or(ToolReply::Gone(GONE.into())))
+                }
+                () = cancelled => return Err(self.abandon(action, &request_id).await),
+            }
         };
+        if let Some(control) = &self.control {
+            control.end_call();
+        }
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (recorded, result) = match outcome {
             Some(ToolReply::Result(output)) => match output.get("error").and_then(Value::as_str) {
@@ -374,13 +429,17 @@ impl Runner {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_else(|| error.to_string());
-                let terminal = error["data"]["terminal"] == Value::Bool(true);
+                let ending = if error["data"]["terminal"] == Value::Bool(true) {
+                    Ending::Terminal
+                } else {
+                    Ending::Normal
+                };
                 (
                     ToolCallOutcome::Failed {
                         error: message.clone(),
                         elapsed_ms,
                     },
-                    Err(CallFailure { message, terminal }),
+                    Err(CallFailure { message, ending }),
                 )
             }
             Some(ToolReply::Gone(_)) => {
@@ -419,14 +478,40 @@ impl Runner {
                 )
             }
         };
-        let finish = Command::FinishToolCall(FinishToolCall {
+        self.finish_call(&request_id, recorded).await;
+        result
+    }
+
+    /// Abandons the awaited callback of a cancelled run (§14.1): `tools.cancel` with the
+    /// cancellation's text, reported to `runs.cancel` with whether it could be written,
+    /// and the call recorded as cancelled.
+    async fn abandon(&self, action: &Action, request_id: &str) -> CallFailure {
+        self.calls.forget(request_id);
+        let message = self.cancelled().unwrap_or_default();
+        let cancel = json!({"request_id": request_id, "action_id": action.id, "reason": message});
+        let written = self.out.notify("tools.cancel", cancel).await;
+        if let Some(control) = &self.control {
+            control.abandoned(written);
+        }
+        self.finish_call(
             request_id,
-            outcome: recorded,
+            ToolCallOutcome::Cancelled {
+                reason: message.clone(),
+            },
+        )
+        .await;
+        CallFailure::cancelled(message)
+    }
+
+    /// Records how a tool call ended.
+    async fn finish_call(&self, request_id: &str, outcome: ToolCallOutcome) {
+        let finish = Command::FinishToolCall(FinishToolCall {
+            request_id: request_id.to_owned(),
+            outcome,
         });
         if let Err(err) = self.app.execute(finish, |_, _| ()).await {
             tracing::warn!(%err, "could not record the end of a tool call");
         }
-        result
     }
 
     /// How an action ended, as its event and its entry in the result say it.
@@ -497,15 +582,25 @@ fn seconds(d: Duration) -> String {
 struct CallFailure {
     /// The action's error text.
     message: String,
-    /// The client said the failure is terminal (`error.data.terminal: true`, §14.5).
-    terminal: bool,
+    /// What else it means for the proposal.
+    ending: Ending,
+}
+
+impl CallFailure {
+    /// The run was cancelled: ``run '<run_id>' cancelled``.
+    fn cancelled(message: String) -> Self {
+        Self {
+            message,
+            ending: Ending::Cancelled,
+        }
+    }
 }
 
 impl From<String> for CallFailure {
     fn from(message: String) -> Self {
         Self {
             message,
-            terminal: false,
+            ending: Ending::Normal,
         }
     }
 }
@@ -549,20 +644,47 @@ pub(crate) async fn result(session: &mut Session, params: Value, responder: Resp
             Ok(None) => return Ok(json!({"proposal_id": id, "not_found": true})),
             Ok(Some(seq)) => seq,
         };
-        let log = app.writer.log().clone();
-        let event = read_blocking(move || log.get(seq)).await?;
-        match event.map(|env| env.event) {
-            Some(Event::ProposalResultRecorded(recorded)) => {
-                let mut result = recorded.result.to_value();
-                result["state"] = Value::from("completed");
-                Ok(result)
-            }
-            other => {
-                tracing::error!(seq, ?other, "a proposal result's seq holds another event");
-                Err(RpcError::Internal(
-                    "internal error: the event log could not be read".into(),
-                ))
-            }
-        }
+        let mut result = read_result(&app, seq).await?;
+        result["state"] = Value::from("completed");
+        Ok(result)
     });
+}
+
+/// The `proposal.submit` result stored at `seq`.
+async fn read_result(app: &App, seq: Seq) -> Result<Value, RpcError> {
+    let log = app.writer.log().clone();
+    let event = read_blocking(move || log.get(seq)).await?;
+    match event.map(|env| env.event) {
+        Some(Event::ProposalResultRecorded(recorded)) => Ok(recorded.result.to_value()),
+        other => {
+            tracing::error!(seq, ?other, "a proposal result's seq holds another event");
+            Err(RpcError::Internal(
+                "internal error: the event log could not be read".into(),
+            ))
+        }
+    }
+}
+
+/// `proposal.submit` on a resumed run (§14.2): the stored result of a proposal made
+/// under the run, and nothing runs; any other proposal is refused.
+async fn stored_result(
+    app: &App,
+    run_id: &str,
+    proposal_id: Option<&str>,
+) -> Result<Value, RpcError> {
+    let found = match proposal_id {
+        Some(id) => {
+            let (run, id) = (run_id.to_owned(), id.to_owned());
+            app.writer
+                .read(move |state| state.proposal_result_in_run(&run, &id))
+                .await?
+        }
+        None => None,
+    };
+    match found {
+        Some(seq) => read_result(app, seq).await,
+        None => Err(RpcError::Internal(format!(
+            "run `{run_id}` was resumed: only stored proposal results are returned"
+        ))),
+    }
 }

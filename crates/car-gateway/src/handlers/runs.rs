@@ -78,6 +78,7 @@ async fn start_run(session: &mut Session, params: Value) -> Result<Value, RpcErr
         .out
         .ok_or_else(|| RpcError::Internal("internal error: run not found after start".into()))?;
     session.current_run = Some(run_id.clone());
+    session.current_run_resumed = false;
     Ok(json!({"run_id": run_id, "agent_id": agent_id}))
 }
 

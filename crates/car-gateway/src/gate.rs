@@ -46,6 +46,7 @@ pub(crate) async fn pass(
     actor: &Actor,
     action: String,
     details: Value,
+    run_id: Option<String>,
 ) -> Result<(), RpcError> {
     let approval_id = app.new_id();
     let request = Command::RequestApproval(RequestApproval {
@@ -56,6 +57,7 @@ pub(crate) async fn pass(
         options: None,
         system_level: true,
         agent_id: None,
+        run_id,
     });
     app.execute(request, |_, _| ()).await??;
     let mut approval = wait(app, &approval_id, app.config.approval_timeout).await?;

@@ -37,6 +37,7 @@ pub(crate) async fn request(session: &mut Session, params: Value, responder: Res
             options: params.options,
             system_level: params.system_level.unwrap_or(false),
             agent_id: params.agent_id,
+            run_id: session.current_run.clone(),
         });
         Ok((approval_id, session.queue(command, |_, _| ()).await?))
     }

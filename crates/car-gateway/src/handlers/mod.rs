@@ -67,17 +67,18 @@ pub(crate) async fn dispatch(
 /// Waits, in its own task, for the approval of a gated call; once approved the call comes
 /// back to the connection's reader (as a [`Deferred`]) and runs like any other.
 fn hold_for_approval(session: &Session, method: &str, params: Value, responder: Responder) {
-    let (app, deferred, method) = (
+    let (app, deferred, method, run_id) = (
         session.app.clone(),
         session.deferred.clone(),
         method.to_owned(),
+        session.current_run.clone(),
     );
     let Some(actor) = session.actor.clone() else {
         return;
     };
     tokio::spawn(async move {
         let details = gate::details("method", &method, &params);
-        match gate::pass(&app, &actor, format!("ws.method:{method}"), details).await {
+        match gate::pass(&app, &actor, format!("ws.method:{method}"), details, run_id).await {
             Ok(()) => {
                 // If the connection is gone, the responder's drop answers into the void.
                 let _ = deferred.send(Deferred {

@@ -290,6 +290,7 @@ impl Runner {
                 &self.actor,
                 format!("tool:{}", action.tool),
                 details,
+                self.run_id.clone(),
             )
             .await
             {

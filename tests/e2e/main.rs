@@ -12,6 +12,8 @@
 //!   directory lock, retention, the command line, state = replay of the log;
 //! - [`model_turns`]: §14.3 runs.record_model_turn: indices, records, redaction, limits;
 //! - [`pagination`]: §14.4 paged runs.list, runs.get_trace, runs.subscribe (v3);
+//! - [`run_control`]: §14.1–14.2 runs.cancel (receipts, tools.cancel, orphans) and
+//!   runs.resume (the lease, recovery-only proposals), approvals with their run;
 //! - [`tools`]: §4.1 session.init, tools.register, tools.list, policies;
 //! - [`proposals`]: §4.2 proposal.submit with real tool clients: tools.execute, replies,
 //!   timeouts and tools.cancel, disconnects, failure behaviours, turns, the log's record;
@@ -37,6 +39,7 @@ mod memory;
 mod model_turns;
 mod pagination;
 mod proposals;
+mod run_control;
 mod runs;
 mod subscriptions;
 mod tools;

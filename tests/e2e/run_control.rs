@@ -329,9 +329,14 @@ async fn a_host_ends_an_orphan_and_only_a_host_may() {
 #[tokio::test]
 async fn resume_takes_over_a_run_within_the_lease_for_recovery_only() {
     let server = server(&["--resume-lease", "60"]).await;
-    let mut first = agent_v3(&server, "a").await;
-    let run = start(&mut first, "a").await;
-    let done = first
+    let mut host = server.auth_host().await;
+    host.ok("log.subscribe", json!({})).await;
+    // A client session produces a run of agent `a` (an agent id is held by one
+    // connection at a time, so the agent comes back on a new one).
+    let mut holder = server.auth_client().await;
+    v3(&mut holder, &[CANCEL, RESUME]).await;
+    let run = start(&mut holder, "a").await;
+    let done = holder
         .submit(
             json!({"id": "p-done", "actions": [{"id": "a1", "tool": "t"}]}),
             |_| car_tests::ToolAnswer::Result(json!("ok")),
@@ -339,28 +344,29 @@ async fn resume_takes_over_a_run_within_the_lease_for_recovery_only() {
         .await;
     assert_eq!(done["final_state"], "completed");
 
-    // Refusals while the first session holds it.
-    let mut second = agent_v3(&server, "a").await;
-    let err = second.err("runs.resume", json!({"run_id": run})).await;
+    // Refusals while the producer is live, and for sessions that may never resume.
+    let mut agent = agent_v3(&server, "a").await;
+    let err = agent.err("runs.resume", json!({"run_id": run})).await;
     assert_eq!(err.code, -32603);
     assert_eq!(
         err.message,
         format!("run `{run}` is still held by a live session")
     );
-    let mut client = server.auth_client().await;
-    v3(&mut client, &[RESUME]).await;
-    let err = client.err("runs.resume", json!({"run_id": run})).await;
+    let err = holder.err("runs.resume", json!({"run_id": run})).await;
     assert_eq!(err.message, "runs.resume requires an agent-bound session");
     let mut other = agent_v3(&server, "b").await;
     let err = other.err("runs.resume", json!({"run_id": run})).await;
     assert_eq!(err.message, format!("unknown run_id `{run}`"));
-    let err = second
+    let err = agent
         .err("runs.resume", json!({"run_id": run, "extra": 1}))
         .await;
     assert_eq!(err.message, "invalid params: unknown field 'extra'");
 
-    first.close().await;
-    let resumed = second.ok("runs.resume", json!({"run_id": run})).await;
+    holder.close().await;
+    host.next_notification_where("log.event", |n| n["kind"] == "session.closed")
+        .await
+        .unwrap();
+    let resumed = agent.ok("runs.resume", json!({"run_id": run})).await;
     assert_eq!(resumed["run_id"], run);
     assert_eq!(resumed["agent_id"], "a");
     assert!(resumed["client_id"].is_string());
@@ -368,14 +374,14 @@ async fn resume_takes_over_a_run_within_the_lease_for_recovery_only() {
     assert_ne!(resumed["client_id"], resumed["resumed_from_client_id"]);
 
     // Recovery only: the stored result of a proposal made under the run, nothing else.
-    let stored = second
+    let stored = agent
         .ok(
             "proposal.submit",
             json!({"proposal": {"id": "p-done", "actions": [{"id": "a1", "tool": "t"}]}}),
         )
         .await;
     assert_eq!(stored, done);
-    let err = second
+    let err = agent
         .err(
             "proposal.submit",
             json!({"proposal": {"id": "p-new", "actions": [{"id": "a1", "tool": "t"}]}}),
@@ -387,19 +393,18 @@ async fn resume_takes_over_a_run_within_the_lease_for_recovery_only() {
         format!("run `{run}` was resumed: only stored proposal results are returned")
     );
     // It is the session's run now: it records and completes it.
-    record(&mut second, &run, vec![json!({"tool": "after-resume"})]).await;
-    second
+    record(&mut agent, &run, vec![json!({"tool": "after-resume"})]).await;
+    agent
         .ok(
             "runs.complete",
             json!({"run_id": run, "outcome": {"status": "success"}}),
         )
         .await;
-    let err = second.err("runs.resume", json!({"run_id": run})).await;
+    let err = agent.err("runs.resume", json!({"run_id": run})).await;
     assert_eq!(
         err.message,
         format!("run `{run}` is already terminal — cannot resume")
     );
-    let mut host = server.auth_host().await;
     let resumed_events = host.whole_log(Some(&["run.resumed"])).await;
     assert_eq!(resumed_events.len(), 1);
 }

@@ -124,6 +124,13 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESUME_LEASE_SECS)]
     pub resume_lease: f64,
 
+    /// BENCHMARKS ONLY, never in production: send `tools.execute` without waiting for
+    /// its dispatch marker to be durable, so `car-bench` can measure what the markers'
+    /// crash safety (PROTOCOL.md §14.5) costs side by side. A crash can then lose a
+    /// marker of a call the tool already ran.
+    #[arg(long, hide = true)]
+    pub bench_unmarked_dispatch: bool,
+
     /// Close a connection that has not authenticated after this long, in milliseconds.
     #[arg(long, hide = true, default_value_t = DEFAULT_AUTH_TIMEOUT_MS)]
     pub auth_timeout_ms: u64,
@@ -169,6 +176,9 @@ pub struct Config {
     pub disconnect_grace: Duration,
     /// The same, when the owner negotiated `runs.resume.v1` (§14.2: 10 s).
     pub resume_lease: Duration,
+    /// Wait for each dispatch marker to be durable before `tools.execute` is sent
+    /// (§14.5). Off only for the benchmark that measures the markers' cost.
+    pub durable_dispatch: bool,
     /// A connection still unauthenticated after this long is closed (1008).
     pub auth_timeout: Duration,
     /// The MCP endpoint (PROTOCOL.md §16).
@@ -203,6 +213,7 @@ impl Config {
             idle_timeout: Duration::from_secs(90),
             disconnect_grace: Duration::from_millis(250),
             resume_lease: Duration::from_secs_f64(DEFAULT_RESUME_LEASE_SECS),
+            durable_dispatch: true,
             auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
             mcp_bind: Bind::Default(DEFAULT_MCP_BIND),
@@ -264,6 +275,12 @@ impl Config {
         config.idle_timeout = Duration::from_millis(cli.idle_timeout_ms.max(1));
         config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
         config.resume_lease = Duration::from_secs_f64(cli.resume_lease);
+        config.durable_dispatch = !cli.bench_unmarked_dispatch;
+        if cli.bench_unmarked_dispatch {
+            tracing::warn!(
+                "--bench-unmarked-dispatch: tool calls are sent before their dispatch markers are durable (benchmarks only)"
+            );
+        }
         config.auth_timeout = Duration::from_millis(cli.auth_timeout_ms.max(1));
         config.mcp_bind = Bind::parse("--mcp-bind", cli.mcp_bind.as_deref(), DEFAULT_MCP_BIND)?;
         config.memory_max_facts = cli.memory_max_facts;

@@ -267,10 +267,25 @@ pub async fn run_bench(
     }
     if options.runs(Case::E) {
         for clients in [1, 64] {
-            let row = tool_throughput(options, clients)
+            // Side by side: the markers' cost (§14.5) is the ratio of the two.
+            let marked = tool_throughput(options, clients, Markers::Durable)
                 .await
                 .with_context(|| format!("e: {clients} clients"))?;
-            push(&mut report, row);
+            let unmarked = tool_throughput(options, clients, Markers::NotAwaited)
+                .await
+                .with_context(|| format!("e: {clients} clients, markers not awaited"))?;
+            let ratio = marked.figures["per_sec"].as_f64().unwrap_or(0.0)
+                / unmarked.figures["per_sec"].as_f64().unwrap_or(f64::NAN);
+            let cost = Row::new(
+                Case::E,
+                format!("tool round-trips with durable dispatch markers / without, {clients} client(s)"),
+                format!("{ratio:.2}x"),
+                json!({"clients": clients, "ratio": ratio}),
+            )
+            .target(">= 0.8x", ratio >= 0.8);
+            push(&mut report, marked);
+            push(&mut report, unmarked);
+            push(&mut report, cost);
         }
         for row in tool_latency(options).await.context("e: latency")? {
             push(&mut report, row);
@@ -836,8 +851,24 @@ async fn proposal_round_trip(conn: &mut Conn) -> anyhow::Result<()> {
         .map_err(|_| anyhow!("no proposal result within {CALL_TIMEOUT:?}"))?
 }
 
-async fn tool_throughput(options: &BenchOptions, clients: usize) -> anyhow::Result<Row> {
-    let fresh = fresh_server(options, "bench-e", &[]).await?;
+/// Whether `tools.execute` waits for its dispatch marker to be durable (the daemon's
+/// behaviour) or is sent once the marker is queued (`--bench-unmarked-dispatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Markers {
+    Durable,
+    NotAwaited,
+}
+
+async fn tool_throughput(
+    options: &BenchOptions,
+    clients: usize,
+    markers: Markers,
+) -> anyhow::Result<Row> {
+    let args: &[&str] = match markers {
+        Markers::Durable => &[],
+        Markers::NotAwaited => &["--bench-unmarked-dispatch"],
+    };
+    let fresh = fresh_server(options, "bench-e", args).await?;
     let window = options.window();
     let (addr, token) = (fresh.server.addr, fresh.server.auth_token.clone());
     let conns: Vec<Conn> = futures::stream::iter(0..clients)
@@ -875,10 +906,17 @@ async fn tool_throughput(options: &BenchOptions, clients: usize) -> anyhow::Resu
     let per_sec = total as f64 / window.as_secs_f64();
     Ok(Row::new(
         Case::E,
-        format!("tool round-trips/s (1-action proposals), {clients} client(s)"),
+        format!(
+            "tool round-trips/s (1-action proposals), {clients} client(s){}",
+            match markers {
+                Markers::Durable => "",
+                Markers::NotAwaited => ", dispatch markers not awaited",
+            }
+        ),
         format!("{per_sec:.0}/s"),
         json!({"clients": clients, "round_trips": total, "per_sec": per_sec,
-               "window_secs": window.as_secs_f64()}),
+               "window_secs": window.as_secs_f64(),
+               "durable_markers": markers == Markers::Durable}),
     ))
 }
 

@@ -353,8 +353,16 @@ impl Runner {
                 run_id: self.run_id.clone(),
             },
         });
-        if let Err(err) = self.app.execute(dispatch, |_, _| ()).await {
-            return Err(err.to_string().into());
+        let queued = match self.app.submit(dispatch, |_, _| ()).await {
+            Ok(queued) => queued,
+            Err(err) => return Err(err.to_string().into()),
+        };
+        // The marker is durable before the call is sent (§14.5); only the benchmark of
+        // what that costs sends it as soon as it is queued (`--bench-unmarked-dispatch`).
+        if self.app.config.durable_dispatch {
+            if let Err(err) = queued.wait().await.and_then(|r| r.map_err(RpcError::from)) {
+                return Err(err.to_string().into());
+            }
         }
         if let Some(control) = &self.control {
             if let Err(message) = control.begin_call(&action.id, &request_id) {

@@ -90,6 +90,7 @@ impl From<Refusal> for RpcError {
         match refusal {
             Refusal::InvalidParams(_)
             | Refusal::KeyUnavailable
+            | Refusal::CancelKeyReused
             | Refusal::UnknownApproval(_)
             | Refusal::ApprovalResolved(_)
             | Refusal::ApprovalExpired(_) => RpcError::InvalidParams(message),
@@ -99,6 +100,8 @@ impl From<Refusal> for RpcError {
             | Refusal::UnknownRun(_)
             | Refusal::RunTerminal(_)
             | Refusal::Forbidden(_)
+            | Refusal::CancelUnavailable
+            | Refusal::Quarantined(_)
             | Refusal::Dropped(_)
             | Refusal::NotFound => RpcError::Internal(message),
             Refusal::Memory(memory) if memory.is_invalid_params() => {

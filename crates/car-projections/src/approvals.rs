@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use car_events::event::{ApprovalExpired, ApprovalRequested, ApprovalResolved, Event};
+use car_events::event::{
+    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, Event,
+};
 use car_events::{Envelope, JsonText, Seq};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -80,6 +82,8 @@ pub struct Approval {
     pub resolved_at: Option<DateTime<Utc>>,
     /// Its `approval.requested` event.
     pub requested_seq: Seq,
+    /// The requesting session's current run (§14.5).
+    pub run_id: Option<String>,
 }
 
 /// The approvals slice of the state: every approval, by id.
@@ -94,7 +98,10 @@ impl Approvals {
     pub(crate) fn apply(&mut self, env: &Envelope) -> Result<(), Contradiction> {
         let (seq, ts) = (env.seq, env.ts);
         match &env.event {
-            Event::ApprovalRequested(e) => self.request(e, seq, ts)?,
+            Event::ApprovalRequested(e) => self.request(e, None, seq, ts)?,
+            Event::ApprovalRequestedInRun(e) => {
+                self.request(&e.approval, Some(&e.run_id), seq, ts)?;
+            }
             Event::ApprovalResolved(e) => {
                 let approval = self.pending(&e.approval_id)?;
                 if !approval.options.contains(&e.resolution) {
@@ -121,6 +128,7 @@ impl Approvals {
     fn request(
         &mut self,
         e: &ApprovalRequested,
+        run_id: Option<&String>,
         seq: Seq,
         ts: DateTime<Utc>,
     ) -> Result<(), Contradiction> {
@@ -143,6 +151,7 @@ impl Approvals {
                 created_at: ts,
                 resolved_at: None,
                 requested_seq: seq,
+                run_id: run_id.cloned(),
             },
         );
         Ok(())
@@ -192,6 +201,8 @@ pub struct RequestApproval {
     pub system_level: bool,
     /// The agent it concerns (an agent session's own identity wins).
     pub agent_id: Option<String>,
+    /// The requesting session's current run, if it has one (§14.5).
+    pub run_id: Option<String>,
 }
 
 /// `host.resolve_approval`.
@@ -237,7 +248,7 @@ pub(crate) fn request_approval(c: &RequestApproval) -> Result<Vec<Event>, Refusa
         .bound_agent()
         .map(str::to_owned)
         .or_else(|| c.agent_id.clone());
-    Ok(vec![Event::ApprovalRequested(ApprovalRequested {
+    let approval = ApprovalRequested {
         approval_id: c.approval_id.clone(),
         client_id: Some(c.actor.client_id.clone()),
         agent_id,
@@ -245,7 +256,14 @@ pub(crate) fn request_approval(c: &RequestApproval) -> Result<Vec<Event>, Refusa
         details: JsonText::from_value(&c.details),
         options,
         system_level: c.system_level,
-    })])
+    };
+    Ok(vec![match &c.run_id {
+        Some(run_id) => Event::ApprovalRequestedInRun(ApprovalRequestedInRun {
+            approval,
+            run_id: run_id.clone(),
+        }),
+        None => Event::ApprovalRequested(approval),
+    }])
 }
 
 pub(crate) fn resolve_approval(state: &State, c: &ResolveApproval) -> Result<Vec<Event>, Refusal> {

@@ -102,6 +102,15 @@ pub enum Refusal {
     /// not read. Says nothing more: not whether the key is taken, nor by whom.
     #[error("idempotency_key is not available")]
     KeyUnavailable,
+    /// `-32602`: `runs.cancel` with a key used before with another reason or principal.
+    #[error("runs.cancel: idempotency_key already used with a different reason or principal")]
+    CancelKeyReused,
+    /// `-32603`: `runs.cancel` of a run nobody holds, by someone who is not a host.
+    #[error("run cancellation control is unavailable")]
+    CancelUnavailable,
+    /// `-32603`: a write to a quarantined run (§14.1).
+    #[error("run `{0}` has an unconfirmed cancellation")]
+    Quarantined(String),
     /// A memory refusal (`-32602` or `-32603`, see [`MemoryRefusal::code`]), its message
     /// the contract's, word for word.
     #[error(transparent)]
@@ -123,6 +132,10 @@ pub enum Command {
     RecordTurns(RecordTurns),
     /// `runs.complete`.
     CompleteRun(CompleteRun),
+    /// One step of `runs.cancel` (§14.1).
+    AdvanceCancel(crate::runs::cancel::AdvanceCancel),
+    /// `runs.resume` (§14.2).
+    ResumeRun(crate::runs::resume::ResumeRun),
     /// A disconnect grace expired.
     EndAbandonedRuns(EndAbandonedRuns),
     /// `host.request_approval` or the gate.
@@ -176,6 +189,8 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
         Command::StartRun(c) => start_run(state, c),
         Command::RecordTurns(c) => record_turns(state, c),
         Command::CompleteRun(c) => complete_run(state, c),
+        Command::AdvanceCancel(c) => crate::runs::cancel::advance(state, c),
+        Command::ResumeRun(c) => crate::runs::resume::resume_run(state, c),
         Command::EndAbandonedRuns(c) => Ok(end_abandoned_runs(state, c)),
         Command::RequestApproval(c) => request_approval(c),
         Command::ResolveApproval(c) => resolve_approval(state, c),

@@ -10,7 +10,7 @@
 //! disabled, else at `session.auth`) and "closes" only if it had opened.
 
 use car_events::event::{
-    ApprovalExpired, ApprovalRequested, ApprovalResolved, Event, Role, SessionClosed,
+    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, Event, Role, SessionClosed,
     SessionOpened, Termination,
 };
 use car_events::{Envelope, format_ts};
@@ -29,6 +29,7 @@ pub fn is_host_event(event: &Event) -> bool {
         | Event::RunEnded(_)
         | Event::RunEvicted(_)
         | Event::ApprovalRequested(_)
+        | Event::ApprovalRequestedInRun(_)
         | Event::ApprovalResolved(_)
         | Event::ApprovalExpired(_) => true,
         Event::SessionOpened(SessionOpened { role, .. }) => role.is_some(),
@@ -43,6 +44,9 @@ pub fn approval_json(approval: &Approval) -> Value {
     out.insert("id".into(), json!(approval.id));
     if let Some(agent_id) = &approval.agent_id {
         out.insert("agent_id".into(), json!(agent_id));
+    }
+    if let Some(run_id) = &approval.run_id {
+        out.insert("run_id".into(), json!(run_id));
     }
     out.insert("action".into(), json!(approval.action));
     out.insert("details".into(), approval.details.to_value());
@@ -62,9 +66,11 @@ pub fn approval_json(approval: &Approval) -> Value {
 /// The approval as it was right after `env` (one of its own events).
 fn approval_as_of(state: &State, env: &Envelope) -> Option<Approval> {
     let (id, status, resolution) = match &env.event {
-        Event::ApprovalRequested(ApprovalRequested { approval_id, .. }) => {
-            (approval_id, ApprovalStatus::Pending, None)
-        }
+        Event::ApprovalRequested(ApprovalRequested { approval_id, .. })
+        | Event::ApprovalRequestedInRun(ApprovalRequestedInRun {
+            approval: ApprovalRequested { approval_id, .. },
+            ..
+        }) => (approval_id, ApprovalStatus::Pending, None),
         Event::ApprovalResolved(ApprovalResolved {
             approval_id,
             resolution,
@@ -156,7 +162,7 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
         Event::RunEnded(e) => {
             let status = match &e.termination {
                 Termination::Outcome { .. } => "completed",
-                Termination::Incomplete { .. } => "incomplete",
+                Termination::Incomplete { .. } | Termination::Cancelled { .. } => "incomplete",
             };
             (
                 "run.ended",
@@ -171,7 +177,10 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
             format!("run {} evicted", e.run_id),
             json!({"run_id": e.run_id, "agent_id": e.agent_id, "status": "evicted"}),
         ),
-        Event::ApprovalRequested(_) | Event::ApprovalResolved(_) | Event::ApprovalExpired(_) => {
+        Event::ApprovalRequested(_)
+        | Event::ApprovalRequestedInRun(_)
+        | Event::ApprovalResolved(_)
+        | Event::ApprovalExpired(_) => {
             let approval = approval_as_of(state, env)?;
             let kind = match approval.status {
                 ApprovalStatus::Pending => "approval.requested",
@@ -237,6 +246,10 @@ pub fn visible(actor: &Actor, state: &State, env: &Envelope) -> bool {
         }
         Event::RunEvicted(e) => own_agent(&e.agent_id),
         Event::ApprovalRequested(ApprovalRequested { approval_id, .. })
+        | Event::ApprovalRequestedInRun(ApprovalRequestedInRun {
+            approval: ApprovalRequested { approval_id, .. },
+            ..
+        })
         | Event::ApprovalResolved(ApprovalResolved { approval_id, .. })
         | Event::ApprovalExpired(ApprovalExpired { approval_id, .. }) => state
             .approval(approval_id)

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use car_events::event::{
     Event, ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted,
+    ToolCallDispatched,
 };
 use car_events::{Envelope, Seq};
 
@@ -37,6 +38,10 @@ pub struct Proposal {
     pub action_ids: Vec<String>,
     /// The actions that ended so far, in order, with the seq of their event (§14.5).
     pub finished: Vec<(ProposalActionFinished, Seq)>,
+    /// The last of its tool calls that ended: its marker and its outcome event. A crash
+    /// between a call's outcome and its action's outcome (or the next attempt's marker)
+    /// leaves only this to say what the action did.
+    pub last_call: Option<(ToolCallDispatched, Event)>,
 }
 
 /// The proposals slice of the state.
@@ -47,6 +52,9 @@ pub(crate) struct Proposals {
     /// Where each proposal's final result is in the log, by (proposal id, principal): the
     /// latest result of a reused id (`proposal.result` reads it back from the log).
     results: BTreeMap<(String, String), Seq>,
+    /// The same, by (run id, proposal id), for proposals made under a run: what
+    /// `proposal.submit` answers on a resumed run (§14.2).
+    results_by_run: BTreeMap<(String, String), Seq>,
 }
 
 impl Proposals {
@@ -74,6 +82,7 @@ impl Proposals {
                         submitted_seq: seq,
                         action_ids: e.action_ids.clone(),
                         finished: Vec::new(),
+                        last_call: None,
                     },
                 );
             }
@@ -81,6 +90,15 @@ impl Proposals {
                 let Some(proposal) = self.proposals.get_mut(&e.proposal_id) else {
                     return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
                 };
+                // At most one outcome per action, and only for its own actions (§14.5).
+                if !proposal.action_ids.contains(&e.action_id)
+                    || proposal.finished.iter().any(|(f, _)| f.action_id == e.action_id)
+                {
+                    return Err(Contradiction::ActionOutcome {
+                        proposal_id: e.proposal_id.clone(),
+                        action_id: e.action_id.clone(),
+                    });
+                }
                 proposal.finished.push((e.clone(), seq));
                 relate(proposal.run_id.as_deref());
             }
@@ -91,8 +109,12 @@ impl Proposals {
                 relate(proposal.run_id.as_deref());
             }
             Event::ProposalResultRecorded(e) => {
-                if !self.proposals.contains_key(&e.proposal_id) {
+                let Some(proposal) = self.proposals.get(&e.proposal_id) else {
                     return Err(Contradiction::UnknownProposal(e.proposal_id.clone()));
+                };
+                if let Some(run_id) = &proposal.run_id {
+                    self.results_by_run
+                        .insert((run_id.clone(), e.proposal_id.clone()), seq);
                 }
                 self.results
                     .insert((e.proposal_id.clone(), e.principal.clone()), seq);
@@ -100,6 +122,13 @@ impl Proposals {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Notes that a tool call of a proposal in progress ended with `outcome`.
+    pub(crate) fn call_ended(&mut self, dispatch: &ToolCallDispatched, outcome: &Event) {
+        if let Some(proposal) = self.proposals.get_mut(&dispatch.proposal_id) {
+            proposal.last_call = Some((dispatch.clone(), outcome.clone()));
+        }
     }
 
     /// A proposal in progress.
@@ -129,6 +158,13 @@ impl Proposals {
         }
     }
 
+    /// The seq of the latest result of proposal `id` made under run `run_id`.
+    pub(crate) fn result_in_run(&self, run_id: &str, id: &str) -> Option<Seq> {
+        self.results_by_run
+            .get(&(run_id.to_owned(), id.to_owned()))
+            .copied()
+    }
+
     /// Every stored result: `(proposal id, principal, seq)`, by id.
     pub(crate) fn results(&self) -> impl Iterator<Item = (&str, &str, Seq)> {
         self.results
@@ -144,6 +180,11 @@ pub(crate) fn submit_proposal(state: &State, c: &ProposalSubmitted) -> Result<Ve
             "proposal.id: proposal `{}` is already in progress",
             c.proposal_id
         )));
+    }
+    if let Some(run) = c.run_id.as_deref().and_then(|id| state.run(id)) {
+        if run.quarantined {
+            return Err(Refusal::Quarantined(run.run_id.clone()));
+        }
     }
     Ok(vec![Event::ProposalSubmitted(c.clone())])
 }

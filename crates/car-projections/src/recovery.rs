@@ -11,7 +11,7 @@ use car_events::JsonText;
 use car_events::event::{
     ApprovalExpired, DaemonRecovered, DaemonStopped, Event, EvictionReason, IncompleteReason,
     ProposalActionFinished, ProposalFinished, ProposalResultRecorded, RunEnded, RunEvicted,
-    SessionClosed, SubscriptionClosed, Termination, ToolCallCancelled, ToolCallIndeterminate,
+    SessionClosed, SubscriptionClosed, Termination, ToolCallCancelled, ToolCallDispatched, ToolCallIndeterminate,
     TurnsRecorded,
 };
 use chrono::{DateTime, TimeDelta, Utc};
@@ -127,7 +127,12 @@ fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event
             reason: why.into(),
         }));
     }
-    for run in state.runs().filter(|run| !run.is_ended()) {
+    // A quarantined run waits for a host to cancel it as an orphan (§14.1), across
+    // restarts too.
+    for run in state
+        .runs()
+        .filter(|run| !run.is_ended() && !run.quarantined)
+    {
         events.push(Event::RunEnded(RunEnded {
             run_id: run.run_id.clone(),
             agent_id: run.agent_id.clone(),
@@ -204,10 +209,29 @@ fn complete_cut_off_proposals(state: &State) -> Vec<Event> {
                 Some((f, seq)) => f.status == "indeterminate" && !turn_after(state, proposal, *seq),
             };
             if needs_turn {
-                if let Some(turn) = indeterminate_turn(state, proposal, call, &mut turns_added) {
+                let output = json!(INDETERMINATE);
+                if let Some(turn) =
+                    action_turn(state, proposal, &call.dispatch, output, &mut turns_added)
+                {
                     events.push(turn);
                 }
             }
+        } else if let Some(outcome) = unrecorded_outcome(proposal) {
+            // Cut off after its call ended and before its action's outcome was recorded
+            // (or before the next attempt's marker): the call's outcome says what the
+            // action did. Regression: these were reported `skipped`, as if never run.
+            let output = match (&outcome.output, &outcome.error) {
+                (Some(output), _) => output.to_value(),
+                (None, error) => json!(error),
+            };
+            events.push(Event::ProposalActionFinished(outcome.clone()));
+            let dispatch = proposal.last_call.as_ref().map(|(d, _)| d);
+            if let Some(turn) = dispatch
+                .and_then(|d| action_turn(state, proposal, d, output, &mut turns_added))
+            {
+                events.push(turn);
+            }
+            finished.push(outcome);
         }
         events.extend(mine.iter().map(|call| indeterminate(call)));
         let principal = state.principal_of(&proposal.client_id);
@@ -246,15 +270,55 @@ fn turn_after(state: &State, proposal: &Proposal, seq: car_events::Seq) -> bool 
         .is_some_and(|batch| batch.seq > seq)
 }
 
-/// The cut-off action as a turn of the proposal's run, if the run is live and has room.
-fn indeterminate_turn<'a>(
+/// The outcome of a proposal's last ended call whose action has no outcome recorded.
+fn unrecorded_outcome(proposal: &Proposal) -> Option<ProposalActionFinished> {
+    let (dispatch, ended) = proposal.last_call.as_ref()?;
+    if proposal
+        .finished
+        .iter()
+        .any(|(f, _)| f.action_id == dispatch.action_id)
+    {
+        return None;
+    }
+    let (status, output, error) = match ended {
+        Event::ToolCallCompleted(e) => ("succeeded", Some(e.output.clone()), None),
+        Event::ToolCallFailed(e) => ("failed", None, Some(e.error.clone())),
+        Event::ToolCallTimedOut(_) => (
+            "failed",
+            None,
+            Some(crate::tool_calls::timeout_message(
+                &dispatch.tool,
+                dispatch.timeout_ms,
+            )),
+        ),
+        Event::ToolCallCancelled(e) => (
+            "failed",
+            None,
+            Some(crate::tool_calls::cancel_message(&e.reason)),
+        ),
+        _ => ("indeterminate", None, Some(INDETERMINATE.to_owned())),
+    };
+    Some(ProposalActionFinished {
+        proposal_id: proposal.proposal_id.clone(),
+        action_id: dispatch.action_id.clone(),
+        status: status.into(),
+        output,
+        error,
+        attempts: dispatch.attempt,
+    })
+}
+
+/// A cut-off action as a turn of the proposal's run (as the daemon records a finished
+/// action), if the run is live and has room.
+fn action_turn<'a>(
     state: &'a State,
     proposal: &'a Proposal,
-    call: &ToolCall,
+    dispatch: &ToolCallDispatched,
+    output: Value,
     turns_added: &mut HashMap<&'a str, u32>,
 ) -> Option<Event> {
     let run = state.run(proposal.run_id.as_deref()?)?;
-    if run.is_ended() {
+    if run.is_ended() || run.quarantined {
         return None;
     }
     let added = turns_added.entry(run.run_id.as_str()).or_insert(0);
@@ -263,9 +327,9 @@ fn indeterminate_turn<'a>(
         return None;
     }
     let turn = json!({
-        "tool": call.dispatch.tool,
-        "parameters": call.dispatch.parameters.to_value(),
-        "output": INDETERMINATE,
+        "tool": dispatch.tool,
+        "parameters": dispatch.parameters.to_value(),
+        "output": output,
         "policy_rejected": false,
     });
     let turn = turns::admit(0, &turn).ok()?;

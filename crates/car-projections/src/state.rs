@@ -128,6 +128,31 @@ pub enum Contradiction {
         /// The agent the event names.
         got: String,
     },
+    /// A second outcome of a proposal's action, or one of an action it does not have.
+    #[error("proposal `{proposal_id}` has no open action `{action_id}`")]
+    ActionOutcome {
+        /// The proposal.
+        proposal_id: String,
+        /// The action.
+        action_id: String,
+    },
+    /// A `runs.cancel` step that does not follow from the ones before it, or a receipt
+    /// whose digests do not recompute (PROTOCOL.md §14.1).
+    #[error("run `{run_id}`: cancellation: {problem}")]
+    Cancellation {
+        /// The run.
+        run_id: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A `run.resumed` the run or the session cannot take (PROTOCOL.md §14.2).
+    #[error("run `{run_id}` cannot be resumed: {problem}")]
+    Resume {
+        /// The run.
+        run_id: String,
+        /// Why.
+        problem: String,
+    },
     /// An eviction of a run that has not ended.
     #[error("run `{0}` is still in progress")]
     RunInProgress(String),
@@ -282,16 +307,43 @@ impl State {
             Event::RunStarted(_)
             | Event::TurnsRecorded(_)
             | Event::RunEnded(_)
-            | Event::RunEvicted(_) => self.runs.apply(env)?,
+            | Event::RunEvicted(_)
+            | Event::RunCancellationRequested(_)
+            | Event::RunCancellationResult(_) => self.runs.apply(env)?,
+            Event::RunResumed(e) => {
+                let bound = self.sessions.get(&e.client_id).map(|s| s.agent_id.as_deref());
+                match bound {
+                    None => return Err(Contradiction::UnknownSession(e.client_id.clone())),
+                    Some(agent) if agent != Some(e.agent_id.as_str()) => {
+                        return Err(Contradiction::Resume {
+                            run_id: e.run_id.clone(),
+                            problem: format!(
+                                "session `{}` is not bound to agent `{}`",
+                                e.client_id, e.agent_id
+                            ),
+                        });
+                    }
+                    Some(_) => self.runs.apply(env)?,
+                }
+            }
             Event::ToolCallDispatched(_)
             | Event::ToolCallCompleted(_)
             | Event::ToolCallFailed(_)
             | Event::ToolCallTimedOut(_)
             | Event::ToolCallCancelled(_)
             | Event::ToolCallIndeterminate(_) => {
+                let ended = match &env.event {
+                    Event::ToolCallDispatched(_) => None,
+                    _ => crate::tool_calls::request_id(&env.event)
+                        .and_then(|id| self.tool_calls.get(id))
+                        .map(|call| call.dispatch.clone()),
+                };
                 let runs = &mut self.runs;
                 self.tool_calls
                     .apply(env, |run_id| runs.relate(run_id, seq))?;
+                if let Some(dispatch) = ended {
+                    self.proposals.call_ended(&dispatch, &env.event);
+                }
             }
             Event::ProposalSubmitted(_)
             | Event::ProposalActionFinished(_)
@@ -302,6 +354,7 @@ impl State {
                     .apply(env, |run_id| runs.relate(run_id, seq))?;
             }
             Event::ApprovalRequested(_)
+            | Event::ApprovalRequestedInRun(_)
             | Event::ApprovalResolved(_)
             | Event::ApprovalExpired(_) => self.approvals.apply(env)?,
             Event::SubscriptionOpened(_) | Event::SubscriptionClosed(_) => {
@@ -463,6 +516,12 @@ impl State {
     /// `None`, the latest of anyone's (a host's read).
     pub fn proposal_result(&self, principal: Option<&str>, id: &str) -> Option<Seq> {
         self.proposals.result(principal, id)
+    }
+
+    /// The seq of the latest `proposal.result` of proposal `id` made under run `run_id`
+    /// (what `proposal.submit` answers on a resumed run, §14.2).
+    pub fn proposal_result_in_run(&self, run_id: &str, id: &str) -> Option<Seq> {
+        self.proposals.result_in_run(run_id, id)
     }
 
     /// Seqs of the recent host-feed events, ascending (at most [`HOST_FEED_WINDOW`]).

@@ -175,3 +175,40 @@ pub(crate) fn finish_tool_call(state: &State, c: &FinishToolCall) -> Vec<Event> 
         }),
     }]
 }
+
+/// The request id a tool call's outcome event names.
+pub(crate) fn request_id(event: &Event) -> Option<&str> {
+    match event {
+        Event::ToolCallCompleted(e) => Some(&e.request_id),
+        Event::ToolCallFailed(e) => Some(&e.request_id),
+        Event::ToolCallTimedOut(e) => Some(&e.request_id),
+        Event::ToolCallCancelled(e) => Some(&e.request_id),
+        Event::ToolCallIndeterminate(e) => Some(&e.request_id),
+        _ => None,
+    }
+}
+
+/// The action error of a call that timed out: ``tool '<tool>' callback timed out (<N>s)``
+/// (PROTOCOL.md §14.5), `waited_ms` the whole wait (the dispatch's `timeout_ms`).
+pub fn timeout_message(tool: &str, waited_ms: u64) -> String {
+    let seconds = if waited_ms % 1000 == 0 {
+        format!("{}s", waited_ms / 1000)
+    } else {
+        format!("{}s", waited_ms as f64 / 1000.0)
+    };
+    format!("tool '{tool}' callback timed out ({seconds})")
+}
+
+/// The action error of a call abandoned with `reason` (a `tool_call.cancelled` event's):
+/// the tool client's disconnect, or the text of a run's cancellation.
+pub fn cancel_message(reason: &str) -> String {
+    match reason {
+        DISCONNECTED => CLIENT_DISCONNECTED.to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// `tool_call.cancelled`'s reason when the tool client disconnected.
+pub const DISCONNECTED: &str = "disconnected";
+/// The action error when the tool client disconnected mid-call.
+pub const CLIENT_DISCONNECTED: &str = "client disconnected";

@@ -52,6 +52,11 @@ pub fn termination_json(termination: &Termination) -> Value {
         Termination::Incomplete { reason } => {
             json!({"kind": "incomplete", "reason": reason.as_str()})
         }
+        Termination::Cancelled {
+            idempotency_key,
+            reason_digest,
+        } => json!({"kind": "cancelled", "idempotency_key": idempotency_key,
+                    "reason_digest": reason_digest}),
     }
 }
 

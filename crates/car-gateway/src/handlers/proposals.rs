@@ -19,7 +19,7 @@ use car_projections::decide::{
     AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
 };
 use car_projections::proposal_result::ResultBuilder;
-use car_projections::{Actor, halts};
+use car_projections::{Actor, halts, tool_calls};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -332,7 +332,7 @@ impl Runner {
         attempt: u32,
         wait: Duration,
     ) -> Result<Value, CallFailure> {
-        const GONE: &str = "client disconnected";
+        const GONE: &str = tool_calls::CLIENT_DISCONNECTED;
         if self.calls.is_gone() {
             return Err(GONE.into());
         }
@@ -455,7 +455,7 @@ impl Runner {
                 self.calls.forget(&request_id);
                 (
                     ToolCallOutcome::Cancelled {
-                        reason: "disconnected".into(),
+                        reason: tool_calls::DISCONNECTED.into(),
                     },
                     Err(GONE.into()),
                 )
@@ -464,17 +464,16 @@ impl Runner {
                 self.calls.forget(&request_id);
                 (
                     ToolCallOutcome::Cancelled {
-                        reason: "disconnected".into(),
+                        reason: tool_calls::DISCONNECTED.into(),
                     },
                     Err(GONE.into()),
                 )
             }
             None => {
                 self.calls.forget(&request_id);
-                let message = format!(
-                    "tool '{}' callback timed out ({})",
-                    action.tool,
-                    seconds(wait)
+                let message = tool_calls::timeout_message(
+                    &action.tool,
+                    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 );
                 // The reason is the action's error text, as CAR sends it (clients show it).
                 let cancel =
@@ -574,15 +573,6 @@ impl Runner {
             Ok(Err(refusal)) => tracing::debug!(%refusal, "proposal action not recorded"),
             Err(err) => tracing::warn!(%err, "proposal action not recorded"),
         }
-    }
-}
-
-/// `6s`, `5.5s`: a duration as the timeout message writes it.
-fn seconds(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}s", d.as_secs_f64())
     }
 }
 

@@ -108,16 +108,18 @@ pub(crate) async fn cancel(session: &mut Session, params: Value, responder: Resp
             stopped: None,
         };
         for _ in 0..MAX_CANCEL_STEPS {
-            let (run_id, key) = (step.run_id.clone(), step.idempotency_key.clone());
-            let done = app
-                .execute(Command::AdvanceCancel(step.clone()), move |state, _| {
-                    cancel::progress(state, &run_id, &key)
-                })
+            app.execute(Command::AdvanceCancel(step.clone()), |_, _| ())
                 .await??;
-            match done.out {
+            // Where it stands once the step is applied (a decision's own view is the
+            // state before its events).
+            let (run_id, key) = (step.run_id.clone(), step.idempotency_key.clone());
+            let progress = app
+                .writer
+                .read(move |state| cancel::progress(state, &run_id, &key))
+                .await?;
+            match progress {
                 Progress::Done(receipt) => return Ok(receipt.to_value()),
-                Progress::Continue => {}
-                Progress::StopProposals => {
+                Progress::StopProposals if step.stopped.is_none() => {
                     let message = format!("run '{}' cancelled", step.run_id);
                     let Stopped {
                         abandoned,
@@ -128,6 +130,7 @@ pub(crate) async fn cancel(session: &mut Session, params: Value, responder: Resp
                         unconfirmed,
                     });
                 }
+                Progress::Continue | Progress::StopProposals => {}
             }
         }
         tracing::error!(run_id = %step.run_id, "runs.cancel did not settle");

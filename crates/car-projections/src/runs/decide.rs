@@ -213,7 +213,7 @@ pub(crate) fn record_turns(state: &State, c: &RecordTurns) -> Result<Vec<Event>,
     let run = state
         .owned_run(&c.actor, &c.run_id)
         .ok_or(Refusal::Dropped(Dropped::RunNotFound))?;
-    if run.is_ended() {
+    if run.is_ended() || run.quarantined {
         return Err(Refusal::Dropped(Dropped::RunTerminal));
     }
     if run.turn_count as usize + c.turns.len() > MAX_TURNS_PER_RUN as usize {
@@ -249,6 +249,9 @@ pub(crate) fn complete_run(state: &State, c: &CompleteRun) -> Result<Vec<Event>,
     if run.is_ended() {
         return Err(Refusal::RunTerminal(c.run_id.clone()));
     }
+    if run.quarantined {
+        return Err(Refusal::Quarantined(c.run_id.clone()));
+    }
     Ok(vec![Event::RunEnded(RunEnded {
         run_id: run.run_id.clone(),
         agent_id: run.agent_id.clone(),
@@ -259,10 +262,17 @@ pub(crate) fn complete_run(state: &State, c: &CompleteRun) -> Result<Vec<Event>,
 }
 
 /// Ends, as `incomplete`/`disconnected`, the runs the session leaves without a live owner.
+/// Not a quarantined run (§14.1), nor one another session has resumed since (§14.2): that
+/// session's own departure decides it.
 pub(crate) fn end_abandoned_runs(state: &State, c: &EndAbandonedRuns) -> Vec<Event> {
     state
         .runs()
-        .filter(|run| !run.is_ended())
+        .filter(|run| !run.is_ended() && !run.quarantined)
+        .filter(|run| {
+            run.resumed_by
+                .as_deref()
+                .is_none_or(|resumer| resumer == c.client_id)
+        })
         .filter(|run| {
             run.owner.as_deref() == Some(c.client_id.as_str())
                 || c.agent_id.as_deref() == Some(run.agent_id.as_str())

@@ -4,14 +4,17 @@
 //! The whole aggregate in one place: the run types ([`Run`], [`RunStatus`], [`RunEnd`],
 //! [`TurnBatch`]), its slice of the state (`Runs`: the retained runs in start order, and
 //! the idempotency keys of evicted runs, which stay taken), its fold (`run.started`,
-//! `run.turns_recorded`, `run.ended`, `run.evicted`) and, in [`decide`](mod@decide), its
-//! decisions. A run keeps its turn *count* and the seqs of its events, not their contents:
+//! `run.turns_recorded`, `run.ended`, `run.evicted`, and protocol 3's
+//! `run.cancellation_*` and `run.resumed`) and its decisions: [`decide`](mod@decide) for
+//! §3, [`cancel`] for `runs.cancel` and [`resume`] for `runs.resume` (§14). A run keeps its turn *count* and the seqs of its events, not their contents:
 //! a trace reads them back from the log ([`crate::trace`]). Events of other aggregates
 //! that belong to a run (tool calls, proposals) are indexed under it by `Runs::relate`.
 //! The fold runs from inside [`State::apply`](crate::State::apply), the decisions from
 //! inside [`crate::decide()`].
 
+pub mod cancel;
 pub mod decide;
+pub mod resume;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -105,6 +108,13 @@ pub struct Run {
     pub end: Option<RunEnd>,
     /// Other events that belong to it (tool calls, proposals), in order.
     pub related: Vec<Seq>,
+    /// Its `runs.cancel` calls, in order (§14.1).
+    pub cancellations: Vec<cancel::Cancellation>,
+    /// A cancellation could not be confirmed (§14.1): no turns, proposals or outcome, and
+    /// no ending by disconnect, restart or retention, until a host cancels it as an orphan.
+    pub quarantined: bool,
+    /// The session that took it over with `runs.resume` (§14.2), last.
+    pub resumed_by: Option<String>,
 }
 
 impl Run {
@@ -205,12 +215,17 @@ impl Runs {
                 if run.is_ended() {
                     return Err(Contradiction::RunEnded(e.run_id.clone()));
                 }
+                cancel::apply(run, env)?;
                 run.end = Some(RunEnd {
                     termination: e.termination.clone(),
                     ended_at: ts,
                     seq,
                 });
+                run.quarantined = false;
             }
+            Event::RunCancellationRequested(e) => cancel::apply(self.get_mut(&e.run_id)?, env)?,
+            Event::RunCancellationResult(e) => cancel::apply(self.get_mut(&e.run_id)?, env)?,
+            Event::RunResumed(e) => resume::apply(self.get_mut(&e.run_id)?, e)?,
             Event::RunEvicted(e) => {
                 let run = self.get_mut(&e.run_id)?;
                 check_agent(run, &e.agent_id)?;
@@ -249,6 +264,9 @@ impl Runs {
                 turn_batches: Vec::new(),
                 end: None,
                 related: Vec::new(),
+                cancellations: Vec::new(),
+                quarantined: false,
+                resumed_by: None,
             },
         );
         Ok(())

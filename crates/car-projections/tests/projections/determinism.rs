@@ -244,6 +244,7 @@ fn command(op: &Op, i: usize, state: &State, grace: Option<&EndAbandonedRuns>) -
             options: None,
             system_level: *system,
             agent_id: None,
+            run_id: None,
         }),
         Op::Resolve {
             session,

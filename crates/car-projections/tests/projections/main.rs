@@ -25,6 +25,7 @@ mod gwt;
 mod memory;
 mod ranking;
 mod recovery;
+mod run_control;
 mod runs;
 mod scenario;
 mod sessions;

@@ -416,6 +416,7 @@ pub(crate) fn request_approval(actor: Actor, id: &str) -> RequestApproval {
         options: None,
         system_level: false,
         agent_id: None,
+        run_id: None,
     }
 }
 

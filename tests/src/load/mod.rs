@@ -7,6 +7,8 @@
 //!   buffering), cheap enough to open ten thousand of;
 //! - [`soak`]: writers killed mid-flight, then every acknowledged turn checked against the
 //!   restarted daemon;
+//! - [`tool_soak`]: tool clients killed mid-call, then every dispatch marker, outcome and
+//!   proposal result checked against what the clients saw;
 //! - [`bench`](mod@bench): throughput, subscriber latency, idle memory, start-up time and tool
 //!   round-trips, each against its target.
 //!
@@ -17,6 +19,7 @@
 pub mod bench;
 pub mod server;
 pub mod soak;
+pub mod tool_soak;
 pub mod ws;
 
 /// Exit code: a violation (soak) or a missed target (bench, with `--check`).

@@ -148,8 +148,8 @@ pub mod rule {
     /// `proposal.submit` or `proposal.result` does not answer as promised.
     pub const RESULT: &str = "result";
     /// An action whose tool call was dispatched, and whose call has a recorded outcome,
-    /// reported `skipped` (attempts 0) by the result start-up completes the proposal with:
-    /// the daemon bug this soak found (see `tests::known_bug_…`).
+    /// reported `skipped` (attempts 0) by the result start-up completes the proposal with
+    /// (a daemon bug this soak found, now fixed: `tests::regression_…`).
     pub const RAN_REPORTED_SKIPPED: &str = "ran_reported_skipped";
     /// The daemon did not come back after a kill.
     pub const RESTART: &str = "restart";
@@ -1132,9 +1132,9 @@ async fn check_proposal(
                 };
                 let outcome = log.outcome_of(&marker.request_id).unwrap_or("none");
                 if status == "skipped" && outcome != "tool_call.indeterminate" {
-                    // KNOWN DAEMON BUG (rule::RAN_REPORTED_SKIPPED): start-up completes a
+                    // Regression (rule::RAN_REPORTED_SKIPPED): start-up completed a
                     // proposal from its open calls alone; one whose last call already had
-                    // its outcome, but whose action had none yet, gets that action
+                    // its outcome, but whose action had none yet, got that action
                     // `skipped`, as if its tool had never run.
                     let finished = if log.action_finished(id, &action.id) {
                         "and its proposal.action_finished"
@@ -1156,12 +1156,26 @@ async fn check_proposal(
                     });
                     continue;
                 }
+                // Cut off after its call's outcome and before its own: start-up reports
+                // what that call did, at that attempt (the retries the kill prevented
+                // never happen).
+                let cut_after_call = !log.action_finished(id, &action.id);
+                let as_the_call_ended = attempts == u64::from(marker.attempt)
+                    && matches!(
+                        (status, outcome),
+                        ("succeeded", "tool_call.completed")
+                            | (
+                                "failed",
+                                "tool_call.failed" | "tool_call.timed_out" | "tool_call.cancelled"
+                            )
+                    );
                 let fits = match status {
                     // The marker was left open at the kill: that action is indeterminate.
                     "indeterminate" => {
                         attempts == u64::from(marker.attempt) && error.starts_with(INDETERMINATE)
                     }
                     _ if outcome == "tool_call.indeterminate" => false,
+                    "succeeded" | "failed" if cut_after_call => as_the_call_ended || gone,
                     "succeeded" | "failed" => *entry == action.expected(id) || gone,
                     // `skipped` says the tool never ran: it had a marker.
                     _ => false,
@@ -1455,32 +1469,16 @@ mod tests {
         assert_eq!(report.cycles, 4);
         assert!(report.tool_calls > 0, "{report}");
         assert_eq!(report.final_checked, report.proposals);
-        // KNOWN DAEMON BUG, reported, not fixed here: start-up reports an action whose
-        // tool call ran (its outcome is in the log) as `skipped` when the kill fell
-        // between that outcome and the action's own outcome (`known_bug_…` below shows it
-        // deterministically). Such findings are printed, not failed on; once the daemon
-        // is fixed, drop this filter so that any of them fails the test.
-        let (known, others): (Vec<_>, Vec<_>) = report
-            .violations
-            .iter()
-            .partition(|v| v.rule == rule::RAN_REPORTED_SKIPPED);
-        for violation in &known {
-            eprintln!("known daemon bug: {violation}");
-        }
-        assert!(others.is_empty(), "{others:#?}");
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
     }
 
-    /// KNOWN DAEMON BUG (found by this soak; `#[ignore]`d until the daemon is fixed, run it
-    /// with `cargo test -p car-tests --lib -- --ignored known_bug`): a proposal whose one
-    /// tool call was dispatched and *completed* (`tool_call.completed` in the log) when the
-    /// daemon was killed, before the action's `proposal.action_finished`, is completed by
-    /// start-up with that action `skipped`, attempts 0 — "never ran", though the tool ran.
-    /// §14.5 completes a cut-off proposal with the cut-off action `indeterminate` and only
-    /// the actions *after* it `skipped`; issue 11: "every action with a marker and no
-    /// outcome is `indeterminate`".
+    /// Regression (found by this soak): a proposal whose one tool call was dispatched and
+    /// *completed* (`tool_call.completed` in the log) when the daemon was killed, before
+    /// the action's `proposal.action_finished`, was completed by start-up with that action
+    /// `skipped`, attempts 0: "never ran", though the tool ran. Now the call's outcome
+    /// says what the action did, and only the actions after it are `skipped` (§14.5).
     #[test]
-    #[ignore = "daemon bug: an action whose tool call ran is reported `skipped` after a crash"]
-    fn known_bug_an_action_whose_call_completed_is_not_reported_skipped_after_a_crash() {
+    fn regression_an_action_whose_call_completed_is_reported_as_its_call_ended_after_a_crash() {
         use car_events::event::{
             ProposalResultRecorded, ProposalSubmitted, Role, SessionOpened, ToolCallCompleted,
             ToolCallDispatched,
@@ -1547,10 +1545,11 @@ mod tests {
             })
             .expect("start-up stores a result for the cut-off proposal");
         assert_eq!(result["final_state"], "failed");
-        // Today: {"action_id": "a1", "status": "skipped", "attempts": 0}.
-        assert_ne!(
-            result["results"][0]["status"], "skipped",
-            "a1's tool ran (tool_call.completed), yet start-up reports it skipped: {result}"
+        // It was {"action_id": "a1", "status": "skipped", "attempts": 0}.
+        assert_eq!(
+            result["results"][0],
+            json!({"action_id": "a1", "status": "succeeded", "output": {"ok": true}, "attempts": 1}),
+            "a1's tool ran (tool_call.completed): {result}"
         );
         assert_eq!(result["results"][1], skipped("a2"));
     }

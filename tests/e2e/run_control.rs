@@ -127,7 +127,11 @@ async fn cancel_params_and_visibility_are_checked() {
         ),
     ] {
         let err = agent.err("runs.cancel", params.clone()).await;
-        assert_eq!((err.code, err.message.as_str()), (-32602, message), "{params}");
+        assert_eq!(
+            (err.code, err.message.as_str()),
+            (-32602, message),
+            "{params}"
+        );
     }
     for (client, run_id) in [(&mut agent, "no-such-run"), (&mut other, run.as_str())] {
         let err = client
@@ -141,9 +145,7 @@ async fn cancel_params_and_visibility_are_checked() {
     }
     // Nothing was recorded by any of them.
     let mut host = server.auth_host().await;
-    let requested = host
-        .whole_log(Some(&["run.cancellation_requested"]))
-        .await;
+    let requested = host.whole_log(Some(&["run.cancellation_requested"])).await;
     assert!(requested.is_empty(), "{requested:?}");
 }
 
@@ -415,9 +417,7 @@ async fn after_the_lease_the_run_ends_disconnected_and_cannot_be_resumed() {
     let mut host = server.auth_host().await;
     let mut first = agent_v3(&server, "a").await;
     let run = start(&mut first, "a").await;
-    let follow = host
-        .ok("runs.subscribe", json!({"run_id": run}))
-        .await;
+    let follow = host.ok("runs.subscribe", json!({"run_id": run})).await;
     assert_eq!(follow["status"], "in_progress");
     first.close().await;
     let ended = host

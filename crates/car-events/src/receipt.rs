@@ -214,7 +214,10 @@ mod tests {
                 .unwrap();
         assert_eq!(jcs_digest(&a), jcs_digest(&b));
         // The canonical form of `{"a":1}` digested by hand.
-        assert_eq!(jcs_digest(&json!({"a": 1})), hex::encode(Sha256::digest(br#"{"a":1}"#)));
+        assert_eq!(
+            jcs_digest(&json!({"a": 1})),
+            hex::encode(Sha256::digest(br#"{"a":1}"#))
+        );
     }
 
     #[test]
@@ -230,7 +233,12 @@ mod tests {
             Some("req-1".into()),
         );
         let value = receipt.to_value();
-        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             keys,
             [
@@ -255,6 +263,9 @@ mod tests {
         ));
         let mut odd = value;
         odd["status"] = json!("maybe");
-        assert!(matches!(Receipt::parse_checked(&odd), Err(ReceiptError::Shape(_))));
+        assert!(matches!(
+            Receipt::parse_checked(&odd),
+            Err(ReceiptError::Shape(_))
+        ));
     }
 }

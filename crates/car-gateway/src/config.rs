@@ -240,7 +240,10 @@ impl Config {
         if cli.memory_max_facts == 0 {
             return Err("--memory-max-facts must be at least 1".into());
         }
-        if !(cli.resume_lease.is_finite() && cli.resume_lease >= 0.0 && cli.resume_lease <= 86_400.0) {
+        if !(cli.resume_lease.is_finite()
+            && cli.resume_lease >= 0.0
+            && cli.resume_lease <= 86_400.0)
+        {
             return Err("--resume-lease must be 0 to 86400 seconds".into());
         }
         if cli.gc_interval == 0 {

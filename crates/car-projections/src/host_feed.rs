@@ -10,8 +10,8 @@
 //! disabled, else at `session.auth`) and "closes" only if it had opened.
 
 use car_events::event::{
-    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, Event, Role, SessionClosed,
-    SessionOpened, Termination,
+    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, Event, Role,
+    SessionClosed, SessionOpened, Termination,
 };
 use car_events::{Envelope, format_ts};
 use serde_json::{Map, Value, json};

@@ -92,7 +92,10 @@ impl Proposals {
                 };
                 // At most one outcome per action, and only for its own actions (§14.5).
                 if !proposal.action_ids.contains(&e.action_id)
-                    || proposal.finished.iter().any(|(f, _)| f.action_id == e.action_id)
+                    || proposal
+                        .finished
+                        .iter()
+                        .any(|(f, _)| f.action_id == e.action_id)
                 {
                     return Err(Contradiction::ActionOutcome {
                         proposal_id: e.proposal_id.clone(),

@@ -11,8 +11,8 @@ use car_events::JsonText;
 use car_events::event::{
     ApprovalExpired, DaemonRecovered, DaemonStopped, Event, EvictionReason, IncompleteReason,
     ProposalActionFinished, ProposalFinished, ProposalResultRecorded, RunEnded, RunEvicted,
-    SessionClosed, SubscriptionClosed, Termination, ToolCallCancelled, ToolCallDispatched, ToolCallIndeterminate,
-    TurnsRecorded,
+    SessionClosed, SubscriptionClosed, Termination, ToolCallCancelled, ToolCallDispatched,
+    ToolCallIndeterminate, TurnsRecorded,
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -226,8 +226,8 @@ fn complete_cut_off_proposals(state: &State) -> Vec<Event> {
             };
             events.push(Event::ProposalActionFinished(outcome.clone()));
             let dispatch = proposal.last_call.as_ref().map(|(d, _)| d);
-            if let Some(turn) = dispatch
-                .and_then(|d| action_turn(state, proposal, d, output, &mut turns_added))
+            if let Some(turn) =
+                dispatch.and_then(|d| action_turn(state, proposal, d, output, &mut turns_added))
             {
                 events.push(turn);
             }

@@ -311,7 +311,10 @@ impl State {
             | Event::RunCancellationRequested(_)
             | Event::RunCancellationResult(_) => self.runs.apply(env)?,
             Event::RunResumed(e) => {
-                let bound = self.sessions.get(&e.client_id).map(|s| s.agent_id.as_deref());
+                let bound = self
+                    .sessions
+                    .get(&e.client_id)
+                    .map(|s| s.agent_id.as_deref());
                 match bound {
                     None => return Err(Contradiction::UnknownSession(e.client_id.clone())),
                     Some(agent) if agent != Some(e.agent_id.as_str()) => {

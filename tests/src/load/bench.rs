@@ -278,7 +278,9 @@ pub async fn run_bench(
                 / unmarked.figures["per_sec"].as_f64().unwrap_or(f64::NAN);
             let cost = Row::new(
                 Case::E,
-                format!("tool round-trips with durable dispatch markers / without, {clients} client(s)"),
+                format!(
+                    "tool round-trips with durable dispatch markers / without, {clients} client(s)"
+                ),
                 format!("{ratio:.2}x"),
                 json!({"clients": clients, "ratio": ratio}),
             )

@@ -1156,10 +1156,9 @@ async fn check_proposal(
                     });
                     continue;
                 }
-                // Cut off after its call's outcome and before its own: start-up reports
-                // what that call did, at that attempt (the retries the kill prevented
-                // never happen).
-                let cut_after_call = !log.action_finished(id, &action.id);
+                // Cut off after its call's outcome and before its own (whose event
+                // start-up then writes): start-up reports what that call did, at that
+                // attempt; the retries the kill prevented never happen.
                 let as_the_call_ended = attempts == u64::from(marker.attempt)
                     && matches!(
                         (status, outcome),
@@ -1175,8 +1174,9 @@ async fn check_proposal(
                         attempts == u64::from(marker.attempt) && error.starts_with(INDETERMINATE)
                     }
                     _ if outcome == "tool_call.indeterminate" => false,
-                    "succeeded" | "failed" if cut_after_call => as_the_call_ended || gone,
-                    "succeeded" | "failed" => *entry == action.expected(id) || gone,
+                    "succeeded" | "failed" => {
+                        *entry == action.expected(id) || as_the_call_ended || gone
+                    }
                     // `skipped` says the tool never ran: it had a marker.
                     _ => false,
                 };

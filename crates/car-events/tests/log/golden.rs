@@ -36,14 +36,14 @@ use std::sync::Once;
 
 use car_events::codec;
 use car_events::event::{
-    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, DaemonRecovered, DaemonStarted,
-    DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason, MemoryFact,
-    MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted,
+    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, DaemonRecovered,
+    DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason,
+    MemoryFact, MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted,
     ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role,
-    RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted, RunResumed, RunStarted, SessionAuthenticated, SessionClosed, SessionHalted,
-    SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
-    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
-    ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
+    RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted, RunResumed, RunStarted,
+    SessionAuthenticated, SessionClosed, SessionHalted, SessionOpened, SubscriptionClosed,
+    SubscriptionOpened, SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted,
+    ToolCallDispatched, ToolCallFailed, ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
 };
 use car_events::receipt::{self, CancelStatus, Receipt};
 use car_events::{
@@ -1423,17 +1423,18 @@ fn golden_v6() -> Vec<Envelope> {
             receipt: JsonText::from(Value::Null),
         })
     };
-    let approval = |id: &str, client_id: Option<String>, agent_id: Option<String>| {
-        ApprovalRequested {
+    let approval =
+        |id: &str, client_id: Option<String>, agent_id: Option<String>| ApprovalRequested {
             approval_id: s(id),
             client_id,
             agent_id,
             action: s("tool:secrets.rotate"),
-            details: JsonText::from(json!({"tool": "secrets.rotate", "params_preview": "{\"env\":\"staging\"}"})),
+            details: JsonText::from(
+                json!({"tool": "secrets.rotate", "params_preview": "{\"env\":\"staging\"}"}),
+            ),
             options: vec![s("approve"), s("deny")],
             system_level: true,
-        }
-    };
+        };
     let mut events = vec![(
         0,
         Event::from(DaemonStarted {
@@ -1479,7 +1480,12 @@ fn golden_v6() -> Vec<Envelope> {
         ),
         (
             900,
-            requested("run-c1", "stop-1", "operator pressed stop", "agent:agent-ops"),
+            requested(
+                "run-c1",
+                "stop-1",
+                "operator pressed stop",
+                "agent:agent-ops",
+            ),
         ),
         (
             3,
@@ -1492,12 +1498,22 @@ fn golden_v6() -> Vec<Envelope> {
                 },
             }),
         ),
-        (2, result("run-c1", "stop-1", CancelStatus::CancelledConfirmed)),
+        (
+            2,
+            result("run-c1", "stop-1", CancelStatus::CancelledConfirmed),
+        ),
         (60, started("run-c2", "sess-a1")),
-        (500, requested("run-c2", "host-stop-1", "budget exceeded", "host")),
+        (
+            500,
+            requested("run-c2", "host-stop-1", "budget exceeded", "host"),
+        ),
         (
             4,
-            result("run-c2", "host-stop-1", CancelStatus::TerminationUnconfirmed),
+            result(
+                "run-c2",
+                "host-stop-1",
+                CancelStatus::TerminationUnconfirmed,
+            ),
         ),
         (
             10,
@@ -1508,7 +1524,10 @@ fn golden_v6() -> Vec<Envelope> {
                 reason: s("connection lost"),
             }),
         ),
-        (700, requested("run-c2", "host-stop-2", "budget exceeded", "host")),
+        (
+            700,
+            requested("run-c2", "host-stop-2", "budget exceeded", "host"),
+        ),
         (
             2,
             Event::from(RunEnded {
@@ -1519,7 +1538,10 @@ fn golden_v6() -> Vec<Envelope> {
                 },
             }),
         ),
-        (2, result("run-c2", "host-stop-2", CancelStatus::AlreadyTerminal)),
+        (
+            2,
+            result("run-c2", "host-stop-2", CancelStatus::AlreadyTerminal),
+        ),
     ]);
     events.extend(agent("sess-a2"));
     events.push((40, started("run-c3", "sess-a2")));
@@ -2036,7 +2058,10 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             agent_id: _,
             client_id: _,
             resumed_from_client_id,
-        }) => vec![opt("resumed_from_client_id", resumed_from_client_id.is_some())],
+        }) => vec![opt(
+            "resumed_from_client_id",
+            resumed_from_client_id.is_some(),
+        )],
         Event::RunCancellationRequested(RunCancellationRequested {
             run_id: _,
             idempotency_key: _,

@@ -10,11 +10,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use car_events::{JsonText, Seq};
 use car_events::event::{
     Event, ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted,
     SessionHalted, ToolCallDispatched,
 };
+use car_events::{JsonText, Seq};
 use car_projections::decide::{
     AdmittedTurns, Command, DispatchToolCall, FinishToolCall, RecordTurns, ToolCallOutcome,
 };
@@ -25,11 +25,11 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::gate;
+use crate::live_proposals::ControlGuard;
 use crate::outbound::Outbound;
 use crate::reads::read_blocking;
 use crate::rpc::{self, RpcError};
 use crate::session::{Responder, Session};
-use crate::live_proposals::ControlGuard;
 use crate::tools::{CallTable, Policy, ToolReply};
 
 /// Extra time a client gets beyond an action's own `timeout_ms` (PROTOCOL.md §4.2).
@@ -221,8 +221,8 @@ impl Runner {
             result.outcome(&outcome);
             if !matches!(status, Status::Succeeded(_)) {
                 failed = true;
-                stopped = ending != Ending::Normal
-                    || action.failure_behavior != Some(Behavior::Continue);
+                stopped =
+                    ending != Ending::Normal || action.failure_behavior != Some(Behavior::Continue);
             }
         }
         failed |= stopped;
@@ -367,9 +367,12 @@ impl Runner {
         if let Some(control) = &self.control {
             if let Err(message) = control.begin_call(&action.id, &request_id) {
                 // Cancelled while the marker was written: never sent.
-                self.finish_call(&request_id, ToolCallOutcome::Cancelled {
-                    reason: message.clone(),
-                })
+                self.finish_call(
+                    &request_id,
+                    ToolCallOutcome::Cancelled {
+                        reason: message.clone(),
+                    },
+                )
                 .await;
                 return Err(CallFailure::cancelled(message));
             }

@@ -22,8 +22,7 @@
 //! recomputes each receipt's digests.
 
 use car_events::event::{
-    Event, IncompleteReason, RunCancellationRequested, RunCancellationResult, RunEnded,
-    Termination,
+    Event, IncompleteReason, RunCancellationRequested, RunCancellationResult, RunEnded, Termination,
 };
 use car_events::receipt::{self, CancelStatus, Receipt};
 use car_events::{Envelope, JsonText, Seq};
@@ -99,9 +98,7 @@ pub fn principal(actor: &Actor) -> String {
 impl Run {
     /// The cancellation with this key.
     pub fn cancellation(&self, key: &str) -> Option<&Cancellation> {
-        self.cancellations
-            .iter()
-            .find(|c| c.idempotency_key == key)
+        self.cancellations.iter().find(|c| c.idempotency_key == key)
     }
 }
 
@@ -299,7 +296,11 @@ fn check_result(run: &Run, e: &RunCancellationResult) -> Result<Receipt, String>
     let fields = [
         ("run_id", &receipt.run_id, &run.run_id),
         ("idempotency_key", &receipt.idempotency_key, key),
-        ("reason_digest", &receipt.reason_digest, &request.reason_digest),
+        (
+            "reason_digest",
+            &receipt.reason_digest,
+            &request.reason_digest,
+        ),
         ("principal", &receipt.principal, &request.principal),
         ("status", &receipt.status, &e.status),
     ];
@@ -326,7 +327,10 @@ fn check_result(run: &Run, e: &RunCancellationResult) -> Result<Receipt, String>
             let by_this = matches!(&end.termination,
                 Termination::Cancelled { idempotency_key, .. } if idempotency_key == key);
             if by_this != (status == CancelStatus::CancelledConfirmed) {
-                return Err(format!("{} does not match how the run ended", receipt.status));
+                return Err(format!(
+                    "{} does not match how the run ended",
+                    receipt.status
+                ));
             }
         }
     }

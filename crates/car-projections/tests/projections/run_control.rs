@@ -98,13 +98,9 @@ fn agent() -> Actor {
 #[case::the_first_step_records_the_request_and_never_the_reason(
     live_run(),
     cancel(host(), "k1"),
-    event(requested("k1", "host")),
+    event(requested("k1", "host"))
 )]
-#[case::an_owner_may_cancel(
-    live_run(),
-    cancel(agent(), "k1"),
-    event(requested("k1", "agent:a1")),
-)]
+#[case::an_owner_may_cancel(live_run(), cancel(agent(), "k1"), event(requested("k1", "agent:a1")))]
 #[case::a_client_that_started_the_run_is_named_by_its_session(
     given![client_session("c9"), run_started("r1", "a1", "c9")],
     cancel(Actor::client("c9"), "k1"),
@@ -321,7 +317,11 @@ fn the_fold_refuses_a_receipt_whose_digests_do_not_recompute() {
     let mut state = fold(&live_run());
     walk(&mut state, host(), "k1", StopReport::default());
     let Event::RunCancellationResult(stored) = decide(
-        &fold(&given![live_run(), requested("k1", "host"), cancelled_end("k1")]),
+        &fold(&given![
+            live_run(),
+            requested("k1", "host"),
+            cancelled_end("k1")
+        ]),
         &cancel(host(), "k1"),
     )
     .unwrap()

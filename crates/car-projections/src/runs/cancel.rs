@@ -77,7 +77,7 @@ pub struct StopReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// Settled: the receipt to answer.
-    Done(Receipt),
+    Done(Box<Receipt>),
     /// The run's proposals must be stopped before the next step.
     StopProposals,
     /// The next step can be written at once.
@@ -184,7 +184,7 @@ pub fn progress(state: &State, run_id: &str, key: &str) -> Progress {
         Some(Cancellation {
             receipt: Some(receipt),
             ..
-        }) => Progress::Done(receipt.clone()),
+        }) => Progress::Done(Box::new(receipt.clone())),
         _ if run.end.is_some() || orphaned(state, run) => Progress::Continue,
         _ => Progress::StopProposals,
     }

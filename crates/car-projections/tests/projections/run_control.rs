@@ -246,7 +246,7 @@ fn walk(state: &mut State, actor: Actor, key: &str, stop: StopReport) -> (Receip
     for steps in 1..=5 {
         write(state, &Command::AdvanceCancel(current.clone())).unwrap();
         match progress(state, "r1", key) {
-            Progress::Done(receipt) => return (receipt, steps),
+            Progress::Done(receipt) => return (*receipt, steps),
             Progress::StopProposals if current.stopped.is_none() => {
                 current.stopped = Some(stop.clone());
             }

@@ -216,22 +216,34 @@ fn complete_cut_off_proposals(state: &State) -> Vec<Event> {
                     events.push(turn);
                 }
             }
-        } else if let Some(outcome) = unrecorded_outcome(proposal) {
-            // Cut off after its call ended and before its action's outcome was recorded
-            // (or before the next attempt's marker): the call's outcome says what the
-            // action did. Regression: these were reported `skipped`, as if never run.
-            let output = match (&outcome.output, &outcome.error) {
-                (Some(output), _) => output.to_value(),
-                (None, error) => json!(error),
+        } else if let Some((dispatch, _)) = &proposal.last_call {
+            // Cut off after its last call ended and before that action's outcome was
+            // recorded (or before the next attempt's marker): the call's outcome says what
+            // the action did. Regression: these were reported `skipped`, as if never run.
+            // As above, the turn follows the outcome unless the run has one after it.
+            let recorded = proposal
+                .finished
+                .iter()
+                .find(|(f, _)| f.action_id == dispatch.action_id);
+            let (outcome, needs_turn) = match recorded {
+                Some((f, seq)) => (f.clone(), !turn_after(state, proposal, *seq)),
+                None => {
+                    let outcome = call_outcome(dispatch, proposal);
+                    events.push(Event::ProposalActionFinished(outcome.clone()));
+                    finished.push(outcome.clone());
+                    (outcome, true)
+                }
             };
-            events.push(Event::ProposalActionFinished(outcome.clone()));
-            let dispatch = proposal.last_call.as_ref().map(|(d, _)| d);
-            if let Some(turn) =
-                dispatch.and_then(|d| action_turn(state, proposal, d, output, &mut turns_added))
-            {
-                events.push(turn);
+            if needs_turn {
+                let output = match (&outcome.output, &outcome.error) {
+                    (Some(output), _) => output.to_value(),
+                    (None, error) => json!(error),
+                };
+                if let Some(turn) = action_turn(state, proposal, dispatch, output, &mut turns_added)
+                {
+                    events.push(turn);
+                }
             }
-            finished.push(outcome);
         }
         events.extend(mine.iter().map(|call| indeterminate(call)));
         let principal = state.principal_of(&proposal.client_id);
@@ -270,20 +282,13 @@ fn turn_after(state: &State, proposal: &Proposal, seq: car_events::Seq) -> bool 
         .is_some_and(|batch| batch.seq > seq)
 }
 
-/// The outcome of a proposal's last ended call whose action has no outcome recorded.
-fn unrecorded_outcome(proposal: &Proposal) -> Option<ProposalActionFinished> {
-    let (dispatch, ended) = proposal.last_call.as_ref()?;
-    if proposal
-        .finished
-        .iter()
-        .any(|(f, _)| f.action_id == dispatch.action_id)
-    {
-        return None;
-    }
+/// The action outcome that the proposal's last ended call (`dispatch`) implies.
+fn call_outcome(dispatch: &ToolCallDispatched, proposal: &Proposal) -> ProposalActionFinished {
+    let ended = proposal.last_call.as_ref().map(|(_, ended)| ended);
     let (status, output, error) = match ended {
-        Event::ToolCallCompleted(e) => ("succeeded", Some(e.output.clone()), None),
-        Event::ToolCallFailed(e) => ("failed", None, Some(e.error.clone())),
-        Event::ToolCallTimedOut(_) => (
+        Some(Event::ToolCallCompleted(e)) => ("succeeded", Some(e.output.clone()), None),
+        Some(Event::ToolCallFailed(e)) => ("failed", None, Some(e.error.clone())),
+        Some(Event::ToolCallTimedOut(_)) => (
             "failed",
             None,
             Some(crate::tool_calls::timeout_message(
@@ -291,21 +296,21 @@ fn unrecorded_outcome(proposal: &Proposal) -> Option<ProposalActionFinished> {
                 dispatch.timeout_ms,
             )),
         ),
-        Event::ToolCallCancelled(e) => (
+        Some(Event::ToolCallCancelled(e)) => (
             "failed",
             None,
             Some(crate::tool_calls::cancel_message(&e.reason)),
         ),
         _ => ("indeterminate", None, Some(INDETERMINATE.to_owned())),
     };
-    Some(ProposalActionFinished {
+    ProposalActionFinished {
         proposal_id: proposal.proposal_id.clone(),
         action_id: dispatch.action_id.clone(),
         status: status.into(),
         output,
         error,
         attempts: dispatch.attempt,
-    })
+    }
 }
 
 /// A cut-off action as a turn of the proposal's run (as the daemon records a finished

@@ -28,6 +28,8 @@ fn feed_entry(event: &Value) -> Option<(u64, String, String)> {
         "daemon.started" | "daemon.recovered" | "run.started" | "run.ended" | "run.evicted"
         | "approval.requested" | "approval.resolved" | "approval.expired" => kind,
         "session.authenticated" => "session.opened",
+        // An approval asked for inside a run (§14.5) is the same host event.
+        "approval.requested_in_run" => "approval.requested",
         "session.opened" | "session.closed" if has_role => kind,
         _ => return None,
     };

@@ -356,8 +356,11 @@ impl State {
                 self.proposals
                     .apply(env, |run_id| runs.relate(run_id, seq))?;
             }
+            Event::ApprovalRequestedInRun(e) => {
+                self.approvals.apply(env)?;
+                self.runs.relate(Some(&e.run_id), seq);
+            }
             Event::ApprovalRequested(_)
-            | Event::ApprovalRequestedInRun(_)
             | Event::ApprovalResolved(_)
             | Event::ApprovalExpired(_) => self.approvals.apply(env)?,
             Event::SubscriptionOpened(_) | Event::SubscriptionClosed(_) => {

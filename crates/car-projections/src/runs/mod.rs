@@ -223,9 +223,21 @@ impl Runs {
                 });
                 run.quarantined = false;
             }
-            Event::RunCancellationRequested(e) => cancel::apply(self.get_mut(&e.run_id)?, env)?,
-            Event::RunCancellationResult(e) => cancel::apply(self.get_mut(&e.run_id)?, env)?,
-            Event::RunResumed(e) => resume::apply(self.get_mut(&e.run_id)?, e)?,
+            Event::RunCancellationRequested(e) => {
+                let run = self.get_mut(&e.run_id)?;
+                cancel::apply(run, env)?;
+                run.related.push(seq);
+            }
+            Event::RunCancellationResult(e) => {
+                let run = self.get_mut(&e.run_id)?;
+                cancel::apply(run, env)?;
+                run.related.push(seq);
+            }
+            Event::RunResumed(e) => {
+                let run = self.get_mut(&e.run_id)?;
+                resume::apply(run, e)?;
+                run.related.push(seq);
+            }
             Event::RunEvicted(e) => {
                 let run = self.get_mut(&e.run_id)?;
                 check_agent(run, &e.agent_id)?;

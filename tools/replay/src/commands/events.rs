@@ -273,6 +273,13 @@ impl RunFilter {
                 true
             }
             Event::ProposalFinished(e) => self.proposals.remove(&e.proposal_id) && self.retained,
+            Event::RunCancellationRequested(e) => e.run_id == self.run_id,
+            Event::RunCancellationResult(e) => e.run_id == self.run_id,
+            Event::RunResumed(e) => e.run_id == self.run_id,
+            Event::ApprovalRequestedInRun(e) if e.run_id == self.run_id => {
+                self.approvals.insert(e.approval.approval_id.clone());
+                true
+            }
             Event::ApprovalRequested(e) => {
                 let by_owner = self.owner.is_some() && e.client_id == self.owner;
                 let for_agent = self.agent_id.is_some() && e.agent_id == self.agent_id;
@@ -326,6 +333,9 @@ impl SessionFilter {
             }
             Event::ApprovalRequested(e) if named => {
                 self.approvals.insert(e.approval_id.clone());
+            }
+            Event::ApprovalRequestedInRun(e) if named => {
+                self.approvals.insert(e.approval.approval_id.clone());
             }
             Event::ToolCallCompleted(e) => return self.requests.remove(&e.request_id),
             Event::ToolCallFailed(e) => return self.requests.remove(&e.request_id),

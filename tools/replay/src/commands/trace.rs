@@ -407,6 +407,42 @@ fn related_detail(event: &Event) -> String {
         Event::ToolCallTimedOut(e) => format!("{}  after {}", e.request_id, ms(e.elapsed_ms)),
         Event::ToolCallCancelled(e) => format!("{}  {}", e.request_id, e.reason),
         Event::ToolCallIndeterminate(e) => format!("{}  INDETERMINATE: {}", e.request_id, e.error),
+        Event::RunCancellationRequested(e) => format!(
+            "key {}  by {}  reason sha256 {}",
+            e.idempotency_key,
+            e.principal,
+            clip(&e.reason_digest, 16)
+        ),
+        Event::RunCancellationResult(e) => {
+            let receipt = e.receipt.to_value();
+            let abandoned = match receipt["action_id"].as_str() {
+                Some(action) => format!(
+                    "  abandoned {action} ({})",
+                    receipt["request_id"].as_str().unwrap_or("?")
+                ),
+                None => String::new(),
+            };
+            let checks = match car_events::receipt::Receipt::parse_checked(&receipt) {
+                Ok(_) => "receipt digest ok".to_owned(),
+                Err(err) => format!("RECEIPT DOES NOT CHECK: {err}"),
+            };
+            format!(
+                "key {}  {}{abandoned}  {checks}",
+                e.idempotency_key,
+                e.status.to_uppercase()
+            )
+        }
+        Event::RunResumed(e) => format!(
+            "by {} (agent {}) from {}",
+            e.client_id,
+            e.agent_id,
+            e.resumed_from_client_id
+                .as_deref()
+                .unwrap_or("an unknown session")
+        ),
+        Event::ApprovalRequestedInRun(e) => {
+            format!("{}  {}", e.approval.approval_id, e.approval.action)
+        }
         other => other.kind().to_owned(),
     }
 }
@@ -421,6 +457,10 @@ fn termination_detail(termination: &Value) -> String {
                 None => format!("outcome {status}"),
             }
         }
+        Some("cancelled") => format!(
+            "cancelled (key {})",
+            termination["idempotency_key"].as_str().unwrap_or("?")
+        ),
         _ => format!(
             "incomplete: {}",
             termination["reason"].as_str().unwrap_or("?")

@@ -27,6 +27,12 @@ pub(crate) fn golden_v2_records() -> Vec<(Seq, Vec<u8>)> {
     golden_records_of(2)
 }
 
+/// The golden-v6 fixture of car-events (runs v3: cancellations with receipts, a quarantine
+/// ended as an orphan, resumes, approvals in a run).
+pub(crate) fn golden_v6_records() -> Vec<(Seq, Vec<u8>)> {
+    golden_records_of(6)
+}
+
 /// The golden-v2 fixture's JSON rendering, one line per record.
 pub(crate) fn golden_v2_jsonl() -> String {
     std::fs::read_to_string(car_events_fixture("golden-v2.jsonl")).unwrap()
@@ -87,6 +93,11 @@ impl DataDir {
     /// A data directory holding the golden-v2 log (memory events).
     pub(crate) fn golden_v2() -> Self {
         Self::with_records(&golden_v2_records())
+    }
+
+    /// A data directory holding the golden-v6 log (runs v3).
+    pub(crate) fn golden_v6() -> Self {
+        Self::with_records(&golden_v6_records())
     }
 
     /// A data directory holding `envelopes`, encoded.

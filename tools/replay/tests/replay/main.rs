@@ -7,3 +7,4 @@ mod damage;
 mod fixtures;
 mod golden;
 mod memory;
+mod run_control;

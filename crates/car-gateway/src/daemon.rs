@@ -220,7 +220,7 @@ impl Daemon {
                 let recovered = recovery::recover(state, now, &retention);
                 let summary = recovery::summarize(&recovered, events_replayed);
                 let mut events = Vec::with_capacity(recovered.len() + 2);
-                events.push(Event::DaemonStarted(started_event));
+                events.push(Event::DaemonStarted(started_event.clone()));
                 events.extend(recovered);
                 events.push(Event::DaemonRecovered(summary.clone()));
                 (events, summary)

@@ -364,8 +364,12 @@ impl JetStreamLog {
             LogError::Unavailable(format!("cannot reach NATS at {}: {e}", options.urls_text()))
         })?;
         check_server_version(&client.server_info().version)?;
-        let context = jetstream::new(client.clone());
-        let stream = io.run(ensure_stream(context.clone(), options.clone()))??;
+        let stream = io.run({
+            let client = client.clone();
+            let options = options.clone();
+            // The context spawns onto the runtime it is made on: make it there.
+            async move { ensure_stream(jetstream::new(client), options).await }
+        })??;
         let last = stream.cached_info().state.last_sequence;
 
         let mirror = Arc::new(Mirror::new());

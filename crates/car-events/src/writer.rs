@@ -1251,4 +1251,33 @@ mod tests {
         );
         assert_eq!(appended.count, 1);
     }
+
+    /// Cluster mode: undoing a lost race starts from the checkpoint and replays the durable
+    /// events after it, foreign ones included: the decision's second run sees them all.
+    #[tokio::test]
+    async fn a_lost_race_after_a_checkpoint_keeps_every_durable_event() {
+        let log = Arc::new(MemLog::shared());
+        let other = log.other_writer();
+        let (writer, _thread) = spawn(log.clone());
+        writer.append(vec![stopped("mine")]).await.unwrap(); // checkpoint at 0, then 1
+        foreign(&other, "f2");
+        writer.append(vec![stopped("mine3")]).await.unwrap();
+        foreign(&other, "f4");
+        foreign(&other, "f5");
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (seen, _) = writer
+            .execute(move |s: &Reasons| {
+                if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    foreign(&other, "f6");
+                }
+                (vec![stopped("last")], s.0.clone())
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, ["mine", "f2", "mine3", "f4", "f5", "f6"]);
+        assert_eq!(
+            writer.read(|s| s.0.clone()).await.unwrap(),
+            ["mine", "f2", "mine3", "f4", "f5", "f6", "last"]
+        );
+    }
 }

@@ -189,6 +189,13 @@ impl App {
         Ok((events, range))
     }
 
+    /// Wakes whoever follows what `event` (at `seq`, written by any gateway) changed.
+    pub(crate) fn wake_event(&self, event: &Event, seq: car_events::Seq) {
+        for key in touched_keys(std::slice::from_ref(event)) {
+            self.notifier.bump(&key, seq);
+        }
+    }
+
     fn wake(&self, keys: &BTreeSet<String>, range: SeqRange) {
         if let Some(last) = range.last() {
             for key in keys {

@@ -155,7 +155,7 @@ pub struct Daemon {
     writer_thread: WriterThread,
     report: StartReport,
     /// Cluster mode: the lock on the data directory (sled holds its own otherwise).
-    _dir_lock: Option<fs::File>,
+    _dir_lock: Option<nix::fcntl::Flock<fs::File>>,
 }
 
 impl Daemon {
@@ -532,7 +532,7 @@ async fn open_jetstream(cluster: ClusterConfig) -> Result<JetStreamLog, StartErr
 
 /// Cluster mode: one gateway per data directory (its token files and memory sandbox are
 /// its own). sled's own lock does this otherwise.
-fn lock_data_dir(dir: &Path) -> Result<fs::File, StartError> {
+fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>, StartError> {
     let path = dir.join("gateway.lock");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -543,17 +543,18 @@ fn lock_data_dir(dir: &Path) -> Result<fs::File, StartError> {
             dir: dir.to_owned(),
             source,
         })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(StartError::Locked {
-            dir: dir.to_owned(),
-            pid: None,
-        }),
-        Err(fs::TryLockError::Error(source)) => Err(StartError::DataDir {
-            dir: dir.to_owned(),
-            source,
-        }),
-    }
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => StartError::Locked {
+                dir: dir.to_owned(),
+                pid: None,
+            },
+            other => StartError::DataDir {
+                dir: dir.to_owned(),
+                source: other.into(),
+            },
+        },
+    )
 }
 
 /// Cluster mode: wakes the followers of every run and approval that other gateways'

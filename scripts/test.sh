@@ -3,7 +3,9 @@
 #
 # 1. Sets up what the suites that drive real external clients need, with the project's
 #    own setup scripts: the official MCP Python SDK in target/py-sdks
-#    (scripts/setup-python-sdks.sh).
+#    (scripts/setup-python-sdks.sh), and a 3-node NATS JetStream cluster on 127.0.0.1 for
+#    the cluster-mode suites (scripts/nats-cluster.sh; its URLs go to the tests in
+#    CAR_TEST_NATS_URLS, and it is stopped, node by node by pid, when this script exits).
 # 2. Runs `cargo test --workspace` (extra arguments are passed on).
 # 3. Says which suites were skipped and why. A skipped suite is never counted as passed:
 #    the tests that need something missing print `SKIPPED <test>: <why>` and return.
@@ -23,6 +25,17 @@ else
         exit 1
     fi
     skipped+=("mcp::official_python_sdk_client (the MCP Python SDK could not be set up)")
+fi
+
+if nats_urls="$(scripts/nats-cluster.sh start)"; then
+    export CAR_TEST_NATS_URLS="$nats_urls"
+    trap 'scripts/nats-cluster.sh stop' EXIT
+else
+    if [ "${CI:-}" = "true" ]; then
+        echo "scripts/test.sh: starting the NATS cluster failed" >&2
+        exit 1
+    fi
+    skipped+=("cluster suites: car-events jetstream::*, e2e cluster::* (the NATS cluster could not be started)")
 fi
 
 if [ "$(id -u)" != "0" ]; then

@@ -24,10 +24,12 @@
 //! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery;
 //! - [`memory`]: §11 memory: every method, limit and scope, the persist/load sandbox, the
 //!   cookbook flow across a SIGKILL;
-//! - [`mcp`]: §16 the MCP endpoint over raw HTTP and through the official Python SDK.
+//! - [`mcp`]: §16 the MCP endpoint over raw HTTP and through the official Python SDK;
+//! - [`cluster`]: §19 cluster mode: two gateways over one JetStream stream.
 
 mod approvals;
 mod auth;
+mod cluster;
 mod cookbook;
 mod data_dir;
 mod disk_full;

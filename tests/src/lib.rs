@@ -63,8 +63,13 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// Environment variables of the daemon that the tests and the load drivers control
 /// explicitly; a developer's own settings (a data directory, a fixed token, auth switched
 /// off) must not leak into a test or change what is measured.
-pub const DAEMON_ENV: [&str; 7] = [
+pub const DAEMON_ENV: [&str; 12] = [
     "CAR_HOME",
+    "CAR_HOST_TOKEN",
+    "CAR_LOG",
+    "CAR_NATS_URLS",
+    "CAR_STREAM",
+    "CAR_GATEWAY_ID",
     "CAR_MCP_BIND",
     "CAR_AUTH_TOKEN",
     "CAR_NO_AUTH",

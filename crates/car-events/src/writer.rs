@@ -42,6 +42,18 @@ use crate::scan;
 pub const MAX_JOBS_PER_BATCH: usize = 4096;
 /// Jobs that may wait for the writer before appenders feel back-pressure.
 const QUEUE_CAPACITY: usize = 16 * 1024;
+/// How many races in a row a batch may lose on a shared log before its jobs fail. Each lost
+/// race means another writer appended in the few milliseconds between this writer's fold
+/// and its publish; losing 16 in a row means the log is too contended to make progress, and
+/// the clients are better told than kept waiting.
+pub const MAX_CONFLICT_ATTEMPTS: u32 = 16;
+/// Events between two checkpoints of the state on a shared log: undoing a lost race
+/// replays at most this many events after a clone of the checkpoint, and a clone of the
+/// state is paid once per this many events.
+pub const CHECKPOINT_EVERY: Seq = 4096;
+/// How often the follower of a shared log checks that its writer still runs, when the
+/// log's head does not move.
+const FOLLOWER_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A state built by folding events: a projection. [`Fold::apply`] must be pure.
 pub trait Fold: Send + Sync + 'static {
@@ -82,6 +94,14 @@ pub enum WriteError {
     /// The state could not be rebuilt after a failure; the writer accepts nothing more.
     #[error("event writer stopped after an unrecoverable failure: {0}")]
     Poisoned(String),
+    /// The log's servers are out of reach (cluster mode): the write may or may not have
+    /// been recorded if the servers went away during it; writes resume once they are back.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A shared log: other writers appended first [`MAX_CONFLICT_ATTEMPTS`] times in a
+    /// row; nothing of the write is in the log.
+    #[error("{0}")]
+    Conflict(String),
     /// The writer has been shut down.
     #[error("event writer has stopped")]
     Stopped,
@@ -91,6 +111,7 @@ impl From<LogError> for WriteError {
     fn from(err: LogError) -> Self {
         match err {
             LogError::DiskFull { .. } => WriteError::DiskFull(err.to_string()),
+            LogError::Unavailable(_) => WriteError::Unavailable(err.to_string()),
             other => WriteError::Log(other.to_string()),
         }
     }
@@ -123,6 +144,17 @@ pub fn replay<S: Fold>(
     log: &dyn EventLog,
     state: &mut S,
     from: Seq,
+    progress: impl FnMut(Seq),
+) -> Result<Seq, ReplayError> {
+    replay_until(log, state, from, Seq::MAX, progress)
+}
+
+/// [`replay`] up to `to` (inclusive) at most.
+fn replay_until<S: Fold>(
+    log: &dyn EventLog,
+    state: &mut S,
+    from: Seq,
+    to: Seq,
     mut progress: impl FnMut(Seq),
 ) -> Result<Seq, ReplayError> {
     let from = from.max(1);
@@ -131,7 +163,7 @@ pub fn replay<S: Fold>(
     let mut failure = None;
     scan::scan(
         log,
-        from..=Seq::MAX,
+        from..=to,
         scan::default_threads(),
         |_| {},
         |item| item,
@@ -172,14 +204,25 @@ pub struct Durable {
     pub seq: Seq,
 }
 
-/// A decision run by the writer against the current state.
-type Decide<S> = Box<dyn FnOnce(&S) -> Vec<Event> + Send>;
+/// A decision run by the writer against the current state. It may run more than once
+/// (a lost race on a shared log); the last run is the one whose events count.
+type Decide<S> = Box<dyn FnMut(&S) -> Vec<Event> + Send>;
+
+/// What a job asks of the writer.
+enum Work<S> {
+    /// Append these events whatever the state (kept, not cloned, across a lost race).
+    Append(Vec<Event>),
+    /// Decide against the state.
+    Decide(Decide<S>),
+}
 
 enum Msg<S> {
     Job {
-        decide: Decide<S>,
+        work: Work<S>,
         reply: oneshot::Sender<Result<SeqRange, WriteError>>,
     },
+    /// The log's head moved (another writer appended): fold what is new.
+    CatchUp,
     Stop(oneshot::Sender<()>),
 }
 
@@ -237,9 +280,10 @@ impl WriterThread {
     }
 }
 
-impl<S: Fold + Default> Writer<S> {
+impl<S: Fold + Default + Clone> Writer<S> {
     /// Starts the writer over `log`. `state` must already be the fold of the whole log (see
-    /// [`replay`]).
+    /// [`replay`]). Over a shared log it also starts the follower that folds other
+    /// writers' events while this one is idle.
     pub fn spawn(log: Arc<dyn EventLog>, state: S, stamper: Stamper) -> (Self, WriterThread) {
         let head = log.head();
         let last_ts = match log.get(head) {
@@ -260,12 +304,19 @@ impl<S: Fold + Default> Writer<S> {
             log,
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let is_shared = shared.log.is_shared();
         let worker = Worker {
             shared: shared.clone(),
             stamper,
             last_ts,
             poisoned: None,
+            checkpoint: None,
+            is_shared,
+            max_batch_events: shared.log.max_batch_events().max(1),
         };
+        if is_shared {
+            spawn_follower(shared.log.watch_head(), tx.downgrade());
+        }
         let thread = thread::Builder::new()
             .name("car-event-writer".into())
             .spawn(move || worker.run(rx))
@@ -274,19 +325,64 @@ impl<S: Fold + Default> Writer<S> {
     }
 }
 
+/// Wakes the writer whenever the shared log's head moves, so it folds other writers'
+/// events while it has no job of its own. Ends when the writer or the log is gone.
+fn spawn_follower<S: Send + 'static>(
+    mut head: watch::Receiver<Seq>,
+    writer: mpsc::WeakSender<Msg<S>>,
+) {
+    let follow = move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::error!(%err, "cannot start the log follower: foreign events are folded only before this gateway's own writes");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            loop {
+                let moved = tokio::time::timeout(FOLLOWER_TICK, head.changed()).await;
+                if matches!(moved, Ok(Err(_))) {
+                    return; // the log is gone
+                }
+                let Some(tx) = writer.upgrade() else {
+                    return; // the writer is gone
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                if moved.is_ok() {
+                    // A full queue needs no nudge: the writer catches up before each batch.
+                    let _ = tx.try_send(Msg::CatchUp);
+                }
+            }
+        });
+    };
+    if let Err(err) = thread::Builder::new()
+        .name("car-log-follower".into())
+        .spawn(follow)
+    {
+        tracing::error!(%err, "cannot start the log follower thread");
+    }
+}
+
 impl<S: Fold> Writer<S> {
     /// Appends `events` as one contiguous range; resolves once they are durable.
     pub async fn append(&self, events: Vec<Event>) -> Result<SeqRange, WriteError> {
-        self.submit(Box::new(move |_: &S| events)).await
+        self.submit(Work::Append(events)).await
     }
 
     /// Runs `decide` against the state (as it is after every earlier write) and appends
     /// the events it returns. Resolves, once they are durable, with the decision's other
-    /// output and the seqs its events got.
+    /// output and the seqs its events got. Over a shared log `decide` may run again after a
+    /// lost race (see the module docs): the output of its last run is returned.
     pub async fn execute<R, F>(&self, decide: F) -> Result<(R, SeqRange), WriteError>
     where
         R: Send + 'static,
-        F: FnOnce(&S) -> (Vec<Event>, R) + Send + 'static,
+        F: FnMut(&S) -> (Vec<Event>, R) + Send + 'static,
     {
         self.enqueue(decide).await?.wait().await
     }
@@ -294,20 +390,24 @@ impl<S: Fold> Writer<S> {
     /// Queues `decide` (as [`Writer::execute`]) and returns as soon as it is queued, so a
     /// caller can queue several writes in order and wait for them elsewhere: writes queued
     /// one after the other are decided in that order.
-    pub async fn enqueue<R, F>(&self, decide: F) -> Result<Pending<R>, WriteError>
+    pub async fn enqueue<R, F>(&self, mut decide: F) -> Result<Pending<R>, WriteError>
     where
         R: Send + 'static,
-        F: FnOnce(&S) -> (Vec<Event>, R) + Send + 'static,
+        F: FnMut(&S) -> (Vec<Event>, R) + Send + 'static,
     {
-        let (out_tx, out) = oneshot::channel();
+        let out = Arc::new(parking_lot::Mutex::new(None));
         let (reply, range) = oneshot::channel();
+        let slot = out.clone();
         let decide: Decide<S> = Box::new(move |state: &S| {
             let (events, output) = decide(state);
-            let _ = out_tx.send(output);
+            *slot.lock() = Some(output);
             events
         });
         self.tx
-            .send(Msg::Job { decide, reply })
+            .send(Msg::Job {
+                work: Work::Decide(decide),
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
         Ok(Pending { range, out })
@@ -316,17 +416,19 @@ impl<S: Fold> Writer<S> {
     /// [`Writer::append`] for code outside an async runtime.
     pub fn append_blocking(&self, events: Vec<Event>) -> Result<SeqRange, WriteError> {
         let (reply, rx) = oneshot::channel();
-        let decide: Decide<S> = Box::new(move |_: &S| events);
         self.tx
-            .blocking_send(Msg::Job { decide, reply })
+            .blocking_send(Msg::Job {
+                work: Work::Append(events),
+                reply,
+            })
             .map_err(|_| WriteError::Stopped)?;
         rx.blocking_recv().map_err(|_| WriteError::Stopped)?
     }
 
-    async fn submit(&self, decide: Decide<S>) -> Result<SeqRange, WriteError> {
+    async fn submit(&self, work: Work<S>) -> Result<SeqRange, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Job { decide, reply })
+            .send(Msg::Job { work, reply })
             .await
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
@@ -394,7 +496,8 @@ impl<S: Fold> Writer<S> {
 #[derive(Debug)]
 pub struct Pending<R> {
     range: oneshot::Receiver<Result<SeqRange, WriteError>>,
-    out: oneshot::Receiver<R>,
+    /// The output of the decision's last run (set by the writer before it answers).
+    out: Arc<parking_lot::Mutex<Option<R>>>,
 }
 
 impl<R> Pending<R> {
@@ -402,7 +505,7 @@ impl<R> Pending<R> {
     /// the seqs its events got.
     pub async fn wait(self) -> Result<(R, SeqRange), WriteError> {
         let range = self.range.await.map_err(|_| WriteError::Stopped)??;
-        let out = self.out.await.map_err(|_| WriteError::Stopped)?;
+        let out = self.out.lock().take().ok_or(WriteError::Stopped)?;
         Ok((out, range))
     }
 }
@@ -413,11 +516,32 @@ struct Worker<S: Fold> {
     /// The time of the last stamped event: times never go backwards.
     last_ts: DateTime<Utc>,
     poisoned: Option<String>,
+    /// A shared log only: the state at a durable seq, to undo a fold from (see
+    /// [`CHECKPOINT_EVERY`]).
+    checkpoint: Option<(S, Seq)>,
+    /// Whether the log is shared ([`EventLog::is_shared`]).
+    is_shared: bool,
+    /// The most events one append may carry ([`EventLog::max_batch_events`]).
+    max_batch_events: usize,
 }
 
 type Reply = oneshot::Sender<Result<SeqRange, WriteError>>;
 
-impl<S: Fold + Default> Worker<S> {
+/// A job on its way through a batch.
+struct Job<S> {
+    work: Work<S>,
+    reply: Reply,
+}
+
+/// What deciding a batch produced.
+struct Decided<S> {
+    envelopes: Vec<Envelope>,
+    /// The jobs taken into the batch, each with the end of its envelopes and its answer.
+    taken: Vec<(Job<S>, usize, Result<SeqRange, WriteError>)>,
+    epoch: u64,
+}
+
+impl<S: Fold + Default + Clone> Worker<S> {
     fn run(mut self, mut rx: mpsc::Receiver<Msg<S>>) {
         let mut batch: VecDeque<Msg<S>> = VecDeque::new();
         while let Some(first) = rx.blocking_recv() {
@@ -428,18 +552,24 @@ impl<S: Fold + Default> Worker<S> {
                     Err(_) => break,
                 }
             }
-            let mut jobs = Vec::with_capacity(batch.len());
+            let mut jobs = VecDeque::with_capacity(batch.len());
             let mut stop = None;
             while let Some(msg) = batch.pop_front() {
                 match msg {
-                    Msg::Job { decide, reply } => jobs.push((decide, reply)),
+                    Msg::Job { work, reply } => jobs.push_back(Job { work, reply }),
+                    Msg::CatchUp => {}
                     Msg::Stop(done) => {
                         stop = Some(done);
                         break;
                     }
                 }
             }
-            self.commit(jobs);
+            if jobs.is_empty() {
+                self.catch_up();
+            }
+            while !jobs.is_empty() {
+                self.commit(&mut jobs);
+            }
             if let Some(done) = stop {
                 // Everything before the stop is answered; everything after it is refused.
                 rx.close();
@@ -455,132 +585,286 @@ impl<S: Fold + Default> Worker<S> {
         }
     }
 
-    /// Decides, folds, appends and answers one batch of jobs.
-    fn commit(&mut self, jobs: Vec<(Decide<S>, Reply)>) {
-        if jobs.is_empty() {
+    /// Folds the events other writers appended to a shared log since the last fold. Runs
+    /// only between batches, when everything folded is durable.
+    fn catch_up(&mut self) {
+        if !self.is_shared || self.poisoned.is_some() {
             return;
         }
+        let head = self.shared.log.head();
+        let shared = self.shared.clone();
+        let mut inner = shared.inner.write();
+        if head <= inner.folded {
+            return;
+        }
+        let from = inner.folded + 1;
+        let mut gapless = GaplessCheck::starting_at(from);
+        let mut failure = None;
+        for item in self.shared.log.read_from(from) {
+            let applied = item.map_err(ReplayError::from).and_then(|env| {
+                if env.seq > head {
+                    return Ok(None);
+                }
+                gapless.check(env.seq)?;
+                inner.state.apply(&env).map_err(|e| ReplayError::Apply {
+                    seq: env.seq,
+                    source: Box::new(e),
+                })?;
+                Ok(Some(env))
+            });
+            match applied {
+                Ok(Some(env)) => {
+                    inner.folded = env.seq;
+                    // Stamps never go behind what other writers stamped either.
+                    self.last_ts = self.last_ts.max(env.ts);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failure {
+            // The fold stopped inside the log: the state is only good up to `folded`,
+            // which is durable, so reads stay answered; writes cannot be decided right.
+            let reason = format!("folding another writer's events failed: {err}");
+            tracing::error!(%reason, "event writer poisoned: restart car-server");
+            self.poisoned = Some(reason);
+        }
+        let durable = Durable {
+            epoch: inner.epoch,
+            seq: inner.folded,
+        };
+        drop(inner);
+        self.shared.durable.send_replace(durable);
+    }
+
+    /// On a shared log, keeps a clone of the state at a durable seq no more than
+    /// [`CHECKPOINT_EVERY`] events back. Runs between batches.
+    fn refresh_checkpoint(&mut self) {
+        if !self.is_shared {
+            return;
+        }
+        let inner = self.shared.inner.read();
+        let stale = self
+            .checkpoint
+            .as_ref()
+            .is_none_or(|(_, at)| inner.folded >= at + CHECKPOINT_EVERY);
+        if stale && inner.tainted.is_none() {
+            self.checkpoint = Some((inner.state.clone(), inner.folded));
+        }
+    }
+
+    /// Decides, folds, appends and answers jobs from the front of `jobs`: as many as fit in
+    /// one append. Over a shared log, a lost race folds the winner's events and decides the
+    /// same jobs again (bounded).
+    fn commit(&mut self, jobs: &mut VecDeque<Job<S>>) {
         if let Some(reason) = &self.poisoned {
-            for (_, reply) in jobs {
-                let _ = reply.send(Err(WriteError::Poisoned(reason.clone())));
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(WriteError::Poisoned(reason.clone())));
             }
             return;
         }
-        // A full disk refuses the batch before anything is decided or folded: nothing to
-        // undo, so no rebuild while the disk stays full.
+        // A full disk (or an unreachable cluster) refuses the batch before anything is
+        // decided or folded: nothing to undo, so no rebuild while it lasts.
         if let Err(err) = self.shared.log.admit_next() {
             let failure = WriteError::from(err);
             tracing::warn!(%failure, jobs = jobs.len(), "event log refused a batch");
-            for (_, reply) in jobs {
-                let _ = reply.send(Err(failure.clone()));
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(failure.clone()));
             }
             return;
         }
-        let mut envelopes: Vec<Envelope> = Vec::new();
-        let mut answers: Vec<(Reply, Result<SeqRange, WriteError>)> =
-            Vec::with_capacity(jobs.len());
-        let epoch;
-        let shared = self.shared.clone();
-        {
-            let mut inner = shared.inner.write();
-            for (decide, reply) in jobs {
-                if let Some(reason) = &self.poisoned {
-                    answers.push((reply, Err(WriteError::Poisoned(reason.clone()))));
-                    continue;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.catch_up();
+            if let Some(reason) = &self.poisoned {
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(WriteError::Poisoned(reason.clone())));
                 }
-                let events = decide(&inner.state);
-                let first = inner.folded + 1;
-                let start = envelopes.len();
-                for (i, event) in events.into_iter().enumerate() {
-                    self.last_ts = self.stamper.now_after(self.last_ts);
-                    envelopes.push(Envelope {
-                        seq: first + i as Seq,
-                        event_id: self.stamper.ids().uuid(),
-                        ts: self.last_ts,
-                        schema_version: SCHEMA_VERSION,
-                        event,
+                return;
+            }
+            self.refresh_checkpoint();
+            let decided = self.decide(jobs);
+            let result = if decided.envelopes.is_empty() {
+                Ok(())
+            } else {
+                self.shared.log.append(&decided.envelopes).map(|_| ())
+            };
+            match result {
+                Ok(()) => {
+                    let seq = decided
+                        .envelopes
+                        .last()
+                        .map(|e| e.seq)
+                        .unwrap_or_else(|| self.shared.durable.borrow().seq);
+                    self.shared.durable.send_replace(Durable {
+                        epoch: decided.epoch,
+                        seq,
                     });
+                    for (job, _, answer) in decided.taken {
+                        let _ = job.reply.send(answer);
+                    }
+                    return;
                 }
-                let mut rejected = None;
-                for env in &envelopes[start..] {
-                    if let Err(e) = inner.state.apply(env) {
-                        rejected = Some(WriteError::Rejected {
-                            seq: env.seq,
-                            reason: e.to_string(),
-                        });
-                        break;
+                Err(LogError::Conflict { head }) if attempt < MAX_CONFLICT_ATTEMPTS => {
+                    tracing::debug!(
+                        head,
+                        attempt,
+                        "another writer appended first: deciding again"
+                    );
+                    self.undo();
+                    // Back to the front of the queue, in their order; an append gets its
+                    // events back from the envelopes. A job already answered (its decision
+                    // was rejected) is told now.
+                    let mut envelopes = decided.envelopes;
+                    for (mut job, start, answer) in decided.taken.into_iter().rev() {
+                        let mine = envelopes.split_off(start.min(envelopes.len()));
+                        if answer.is_err() {
+                            let _ = job.reply.send(answer);
+                            continue;
+                        }
+                        if let Work::Append(events) = &mut job.work {
+                            *events = mine.into_iter().map(|e| e.event).collect();
+                        }
+                        jobs.push_front(job);
                     }
                 }
-                match rejected {
-                    None => {
-                        let range = SeqRange {
-                            first,
-                            count: (envelopes.len() - start) as u64,
-                        };
-                        inner.folded = first + range.count - 1;
-                        answers.push((reply, Ok(range)));
-                    }
-                    Some(err) => {
-                        tracing::error!(%err, "decision rejected by the projection");
-                        envelopes.truncate(start);
-                        // Undo the part of this job that was folded: rebuild from the
-                        // durable log plus the earlier jobs of this batch.
-                        self.rebuild(&mut inner, &envelopes);
-                        answers.push((reply, Err(err)));
-                    }
-                }
-            }
-            epoch = inner.epoch;
-        }
-
-        let result = if envelopes.is_empty() {
-            Ok(())
-        } else {
-            self.shared.log.append(&envelopes).map(|_| ())
-        };
-        match result {
-            Ok(()) => {
-                let seq = envelopes
-                    .last()
-                    .map(|e| e.seq)
-                    .unwrap_or_else(|| self.shared.durable.borrow().seq);
-                self.shared.durable.send_replace(Durable { epoch, seq });
-                for (reply, answer) in answers {
-                    let _ = reply.send(answer);
-                }
-            }
-            Err(err) => {
-                tracing::error!(%err, events = envelopes.len(), "event log append failed");
-                let failure = WriteError::from(err);
-                {
-                    let mut inner = shared.inner.write();
-                    self.rebuild(&mut inner, &[]);
-                    inner.epoch += 1;
-                    let durable = Durable {
-                        epoch: inner.epoch,
-                        seq: inner.folded,
+                Err(err) => {
+                    let conflict = matches!(err, LogError::Conflict { .. });
+                    tracing::error!(%err, events = decided.envelopes.len(), "event log append failed");
+                    let failure = if conflict {
+                        WriteError::Conflict(format!(
+                            "the write lost {MAX_CONFLICT_ATTEMPTS} races in a row to other gateways writing the same log; nothing was recorded, try again"
+                        ))
+                    } else {
+                        WriteError::from(err)
                     };
-                    self.shared.durable.send_replace(durable);
-                }
-                for (reply, answer) in answers {
-                    let _ = reply.send(answer.and(Err(failure.clone())));
+                    self.undo();
+                    for (job, _, answer) in decided.taken {
+                        let _ = job.reply.send(answer.and(Err(failure.clone())));
+                    }
+                    return;
                 }
             }
         }
     }
 
-    /// Replaces the state with the fold of the durable log followed by `pending`.
-    fn rebuild(&mut self, inner: &mut Inner<S>, pending: &[Envelope]) {
-        let mut state = S::default();
-        let outcome = replay(self.shared.log.as_ref(), &mut state, 1, |_| {}).and_then(|last| {
-            for env in pending {
-                state.apply(env).map_err(|e| ReplayError::Apply {
-                    seq: env.seq,
-                    source: Box::new(e),
-                })?;
+    /// Runs the jobs from the front of `jobs` against the state, as many as fit in one
+    /// append, stamping and folding their events in order.
+    fn decide(&mut self, jobs: &mut VecDeque<Job<S>>) -> Decided<S> {
+        let mut envelopes: Vec<Envelope> = Vec::new();
+        let mut taken = Vec::with_capacity(jobs.len());
+        let shared = self.shared.clone();
+        let mut inner = shared.inner.write();
+        while let Some(mut job) = jobs.pop_front() {
+            if let Some(reason) = &self.poisoned {
+                let answer = Err(WriteError::Poisoned(reason.clone()));
+                taken.push((job, envelopes.len(), answer));
+                continue;
             }
-            Ok(pending.last().map_or(last, |e| e.seq))
-        });
+            let events = match &mut job.work {
+                Work::Append(events) => std::mem::take(events),
+                Work::Decide(decide) => decide(&inner.state),
+            };
+            if envelopes.len() + events.len() > self.max_batch_events {
+                if envelopes.is_empty() {
+                    let err = LogError::BatchTooLarge {
+                        events: events.len(),
+                        max: self.max_batch_events,
+                    };
+                    taken.push((job, 0, Err(WriteError::Log(err.to_string()))));
+                    continue;
+                }
+                // Into the next append, decided again there.
+                if let Work::Append(slot) = &mut job.work {
+                    *slot = events;
+                }
+                jobs.push_front(job);
+                break;
+            }
+            let first = inner.folded + 1;
+            let start = envelopes.len();
+            for (i, event) in events.into_iter().enumerate() {
+                self.last_ts = self.stamper.now_after(self.last_ts);
+                envelopes.push(Envelope {
+                    seq: first + i as Seq,
+                    event_id: self.stamper.ids().uuid(),
+                    ts: self.last_ts,
+                    schema_version: SCHEMA_VERSION,
+                    event,
+                });
+            }
+            let mut rejected = None;
+            for env in &envelopes[start..] {
+                if let Err(e) = inner.state.apply(env) {
+                    rejected = Some(WriteError::Rejected {
+                        seq: env.seq,
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+            }
+            match rejected {
+                None => {
+                    let range = SeqRange {
+                        first,
+                        count: (envelopes.len() - start) as u64,
+                    };
+                    inner.folded = first + range.count - 1;
+                    taken.push((job, start, Ok(range)));
+                }
+                Some(err) => {
+                    tracing::error!(%err, "decision rejected by the projection");
+                    envelopes.truncate(start);
+                    // Undo the part of this job that was folded: rebuild from the
+                    // durable log plus the earlier jobs of this batch.
+                    self.rebuild(&mut inner, &envelopes);
+                    taken.push((job, start, Err(err)));
+                }
+            }
+        }
+        Decided {
+            envelopes,
+            taken,
+            epoch: inner.epoch,
+        }
+    }
+
+    /// Throws away what was folded but not appended: the state becomes the fold of the
+    /// durable log again, and the epoch moves on so that readers who saw it read again.
+    fn undo(&mut self) {
+        let shared = self.shared.clone();
+        let mut inner = shared.inner.write();
+        self.rebuild(&mut inner, &[]);
+        inner.epoch += 1;
+        let durable = Durable {
+            epoch: inner.epoch,
+            seq: inner.folded,
+        };
+        self.shared.durable.send_replace(durable);
+    }
+
+    /// Replaces the state with the fold of the durable log followed by `pending`: from the
+    /// checkpoint when there is one (a shared log), else from seq 1.
+    fn rebuild(&mut self, inner: &mut Inner<S>, pending: &[Envelope]) {
+        let durable = self.shared.durable.borrow().seq;
+        let (mut state, from) = match &self.checkpoint {
+            Some((state, at)) if *at <= durable => (state.clone(), at + 1),
+            _ => (S::default(), 1),
+        };
+        let outcome = replay_until(self.shared.log.as_ref(), &mut state, from, durable, |_| {})
+            .and_then(|last| {
+                for env in pending {
+                    state.apply(env).map_err(|e| ReplayError::Apply {
+                        seq: env.seq,
+                        source: Box::new(e),
+                    })?;
+                }
+                Ok(pending.last().map_or(last, |e| e.seq))
+            });
         match outcome {
             Ok(folded) => {
                 inner.state = state;
@@ -590,9 +874,9 @@ impl<S: Fold + Default> Worker<S> {
                 let reason = format!("rebuilding the state failed: {err}");
                 tracing::error!(%reason, "event writer poisoned: restart car-server");
                 inner.tainted = Some(reason.clone());
-                // Nothing past the log's head is durable: readers waiting on the failed
+                // Nothing past the durable head is durable: readers waiting on the failed
                 // events wake up (the epoch moves on in the caller) and are refused.
-                inner.folded = self.shared.log.head();
+                inner.folded = durable;
                 self.poisoned = Some(reason);
             }
         }
@@ -604,6 +888,7 @@ fn refuse<S>(msg: Msg<S>) {
         Msg::Job { reply, .. } => {
             let _ = reply.send(Err(WriteError::Stopped));
         }
+        Msg::CatchUp => {}
         Msg::Stop(done) => {
             let _ = done.send(());
         }
@@ -618,7 +903,7 @@ mod tests {
     use crate::log::MemLog;
 
     /// Counts events and remembers the reasons, to see what decisions observed.
-    #[derive(Debug, Default)]
+    #[derive(Debug, Default, Clone)]
     struct Reasons(Vec<String>);
 
     impl Fold for Reasons {
@@ -824,6 +1109,175 @@ mod tests {
         assert!(
             envs.windows(2)
                 .all(|w| w[0].ts <= w[1].ts && w[0].event_id != w[1].event_id)
+        );
+    }
+
+    /// An event another writer appends to a shared log, behind the writer's back.
+    fn foreign(log: &MemLog, reason: &str) -> Seq {
+        let seq = log.head() + 1;
+        log.append(&[Envelope {
+            seq,
+            event_id: uuid::Uuid::new_v4(),
+            ts: DateTime::<Utc>::UNIX_EPOCH,
+            schema_version: SCHEMA_VERSION,
+            event: stopped(reason),
+        }])
+        .unwrap();
+        seq
+    }
+
+    fn reasons_in(log: &MemLog) -> Vec<String> {
+        log.read_from(1)
+            .map(|e| match e.unwrap().event {
+                Event::DaemonStopped(d) => d.reason,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Cluster mode: what other writers append is folded while this writer is idle, so
+    /// reads (and whoever waits on the durable head) see it without a write of their own.
+    #[tokio::test]
+    async fn a_shared_log_s_foreign_events_are_folded_while_idle() {
+        let log = Arc::new(MemLog::shared());
+        let other = log.other_writer();
+        let (writer, thread) = spawn(log.clone());
+        writer.append(vec![stopped("mine")]).await.unwrap();
+        let seq = foreign(&other, "theirs");
+        let mut durable = writer.watch_durable();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            durable.wait_for(|d| d.seq >= seq),
+        )
+        .await
+        .expect("the writer folds a foreign event while idle")
+        .unwrap();
+        assert_eq!(
+            writer.read(|s| s.0.clone()).await.unwrap(),
+            ["mine", "theirs"]
+        );
+        let range = writer.append(vec![stopped("after")]).await.unwrap();
+        assert_eq!(range.first, 3, "the next seq follows the foreign event");
+        assert_eq!(reasons_in(&log), ["mine", "theirs", "after"]);
+        writer.shutdown().await;
+        thread.join();
+    }
+
+    /// Cluster mode: a decision that loses the race to another writer is decided again
+    /// against the winner's events ("first wins" holds across writers), and nothing of the
+    /// losing attempt reaches the log.
+    #[tokio::test]
+    async fn a_lost_race_is_decided_again_after_folding_the_winner() {
+        let log = Arc::new(MemLog::shared());
+        let other = log.other_writer();
+        let (writer, _thread) = spawn(log.clone());
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = runs.clone();
+        let (won, range) = writer
+            .execute(move |s: &Reasons| {
+                if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    // The other writer wins the race while this one decides.
+                    foreign(&other, "won");
+                }
+                if s.0.iter().any(|r| r == "won") {
+                    (vec![], false)
+                } else {
+                    (vec![stopped("won")], true)
+                }
+            })
+            .await
+            .unwrap();
+        assert!(!won, "the second run sees the winner and decides nothing");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(range.count, 0);
+        assert_eq!(reasons_in(&log), ["won"]);
+        assert_eq!(writer.read(|s| s.0.clone()).await.unwrap(), ["won"]);
+        assert_eq!(writer.durable().seq, 1);
+    }
+
+    /// Cluster mode: a write that keeps losing fails after a bounded number of tries with
+    /// a clear error (no livelock), and the writer goes on working.
+    #[tokio::test]
+    async fn endless_lost_races_fail_after_bounded_tries() {
+        let log = Arc::new(MemLog::shared());
+        let other = log.other_writer();
+        let (writer, _thread) = spawn(log.clone());
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = runs.clone();
+        let err = writer
+            .execute(move |_: &Reasons| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                foreign(&other, "theirs");
+                (vec![stopped("mine")], ())
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WriteError::Conflict(m) if m.contains("races in a row")),
+            "{err:?}"
+        );
+        let runs = runs.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(runs, MAX_CONFLICT_ATTEMPTS);
+        assert!(reasons_in(&log).iter().all(|r| r == "theirs"));
+        let range = writer.append(vec![stopped("later")]).await.unwrap();
+        assert_eq!(range.first, u64::from(runs) + 1);
+        assert_eq!(writer.read(|s| s.0.len()).await.unwrap(), runs as usize + 1);
+    }
+
+    /// Cluster mode: an append queued right behind a decision that loses a race keeps its
+    /// events (whether or not the writer took both into one batch), after the winner's.
+    #[tokio::test]
+    async fn appends_survive_a_lost_race_of_their_batch() {
+        let log = Arc::new(MemLog::shared());
+        let other = log.other_writer();
+        let (writer, _thread) = spawn(log.clone());
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let pending = writer
+            .enqueue(move |_: &Reasons| {
+                if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    foreign(&other, "theirs");
+                }
+                (vec![stopped("decided")], ())
+            })
+            .await
+            .unwrap();
+        let appended = writer.append(vec![stopped("appended")]).await.unwrap();
+        pending.wait().await.unwrap();
+        let reasons = reasons_in(&log);
+        assert_eq!(reasons[0], "theirs");
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons.contains(&"decided".to_owned()) && reasons.contains(&"appended".to_owned())
+        );
+        assert_eq!(appended.count, 1);
+    }
+
+    /// Cluster mode: undoing a lost race starts from the checkpoint and replays the durable
+    /// events after it, foreign ones included: the decision's second run sees them all.
+    #[tokio::test]
+    async fn a_lost_race_after_a_checkpoint_keeps_every_durable_event() {
+        let log = Arc::new(MemLog::shared());
+        let other = log.other_writer();
+        let (writer, _thread) = spawn(log.clone());
+        writer.append(vec![stopped("mine")]).await.unwrap(); // checkpoint at 0, then 1
+        foreign(&other, "f2");
+        writer.append(vec![stopped("mine3")]).await.unwrap();
+        foreign(&other, "f4");
+        foreign(&other, "f5");
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (seen, _) = writer
+            .execute(move |s: &Reasons| {
+                if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    foreign(&other, "f6");
+                }
+                (vec![stopped("last")], s.0.clone())
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, ["mine", "f2", "mine3", "f4", "f5", "f6"]);
+        assert_eq!(
+            writer.read(|s| s.0.clone()).await.unwrap(),
+            ["mine", "f2", "mine3", "f4", "f5", "f6", "last"]
         );
     }
 }

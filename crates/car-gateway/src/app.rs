@@ -101,7 +101,9 @@ impl App {
 
     /// Queues `command`; `extract` computes, from the state the command is decided against
     /// and the events decided, whatever the caller needs beside them. Returns once queued:
-    /// commands submitted one after another are decided in that order.
+    /// commands submitted one after another are decided in that order. In cluster mode a
+    /// command may be decided (and `extract` run) again after another gateway wrote first;
+    /// the last run counts.
     pub async fn submit<R, F>(
         self: &Arc<Self>,
         command: Command,
@@ -109,34 +111,46 @@ impl App {
     ) -> Result<Submitted<R>, RpcError>
     where
         R: Send + 'static,
-        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+        F: FnMut(&State, &[Event]) -> R + Send + 'static,
     {
-        self.submit_with(move |_| command, extract).await
+        self.submit_decision(move |state| decide(state, &command), extract)
+            .await
     }
 
     /// [`App::submit`] for a command that depends on the state it is decided against.
     pub async fn submit_with<R, B, F>(
         self: &Arc<Self>,
-        build: B,
+        mut build: B,
         extract: F,
     ) -> Result<Submitted<R>, RpcError>
     where
         R: Send + 'static,
-        B: FnOnce(&State) -> Command + Send + 'static,
-        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+        B: FnMut(&State) -> Command + Send + 'static,
+        F: FnMut(&State, &[Event]) -> R + Send + 'static,
+    {
+        self.submit_decision(move |state| decide(state, &build(state)), extract)
+            .await
+    }
+
+    async fn submit_decision<R, D, F>(
+        self: &Arc<Self>,
+        mut decide: D,
+        mut extract: F,
+    ) -> Result<Submitted<R>, RpcError>
+    where
+        R: Send + 'static,
+        D: FnMut(&State) -> Result<Vec<Event>, Refusal> + Send + 'static,
+        F: FnMut(&State, &[Event]) -> R + Send + 'static,
     {
         let pending = self
             .writer
-            .enqueue(move |state: &State| {
-                let command = build(state);
-                match decide(state, &command) {
-                    Ok(events) => {
-                        let out = extract(state, &events);
-                        let touched = touched_keys(&events);
-                        (events, Ok((out, touched)))
-                    }
-                    Err(refusal) => (Vec::new(), Err(refusal)),
+            .enqueue(move |state: &State| match decide(state) {
+                Ok(events) => {
+                    let out = extract(state, &events);
+                    let touched = touched_keys(&events);
+                    (events, Ok((out, touched)))
                 }
+                Err(refusal) => (Vec::new(), Err(refusal)),
             })
             .await?;
         Ok(Submitted {
@@ -153,16 +167,19 @@ impl App {
     ) -> Result<Result<Committed<R>, Refusal>, RpcError>
     where
         R: Send + 'static,
-        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+        F: FnMut(&State, &[Event]) -> R + Send + 'static,
     {
         self.submit(command, extract).await?.wait().await
     }
 
     /// Appends the events `effects` computes from the state (recovery, retention,
     /// shutdown): decided and appended in one step, then the touched runs are woken.
-    pub async fn append<F>(self: &Arc<Self>, effects: F) -> Result<(Vec<Event>, SeqRange), RpcError>
+    pub async fn append<F>(
+        self: &Arc<Self>,
+        mut effects: F,
+    ) -> Result<(Vec<Event>, SeqRange), RpcError>
     where
-        F: FnOnce(&State) -> Vec<Event> + Send + 'static,
+        F: FnMut(&State) -> Vec<Event> + Send + 'static,
     {
         let (events, range) = self
             .writer
@@ -173,6 +190,13 @@ impl App {
             .await?;
         self.wake(&touched_keys(&events), range);
         Ok((events, range))
+    }
+
+    /// Wakes whoever follows what `event` (at `seq`, written by any gateway) changed.
+    pub(crate) fn wake_event(&self, event: &Event, seq: car_events::Seq) {
+        for key in touched_keys(std::slice::from_ref(event)) {
+            self.notifier.bump(&key, seq);
+        }
     }
 
     fn wake(&self, keys: &BTreeSet<String>, range: SeqRange) {

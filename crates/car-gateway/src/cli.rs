@@ -2,8 +2,9 @@
 //! build a binary identical to the shipped one.
 //!
 //! Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when it fails while starting or
-//! running, 2 for a bad command line, a data directory held by another daemon or an
-//! explicitly given HTTP endpoint address that cannot be bound.
+//! running, 2 for a bad command line, a data directory held by another daemon, an
+//! explicitly given HTTP endpoint address that cannot be bound, or (cluster mode) a NATS
+//! cluster out of reach or unfit.
 
 use std::process::ExitCode;
 
@@ -58,7 +59,11 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let daemon = match Daemon::start(config, Stamper::system()).await {
             Ok(daemon) => daemon,
-            Err(err @ (StartError::Locked { .. } | StartError::HttpBind { .. })) => {
+            Err(
+                err @ (StartError::Locked { .. }
+                | StartError::HttpBind { .. }
+                | StartError::Cluster(_)),
+            ) => {
                 tracing::error!("{err}");
                 return Ok(ExitCode::from(2));
             }
@@ -70,6 +75,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("car-server {} listening on ws://{}/", env!("CARGO_PKG_VERSION"), r.listen);
         tracing::info!("data dir: {}", r.data_dir.display());
+        tracing::info!("event log: {}", r.log);
         tracing::info!("daemon token: {}", r.auth_token_path.display());
         tracing::info!("host token: {}", r.host_token_path.display());
         match r.mcp {

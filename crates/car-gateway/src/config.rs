@@ -1,4 +1,5 @@
-//! The daemon's configuration: the flags and environment of PROTOCOL.md §9 and §18.
+//! The daemon's configuration: the flags and environment of PROTOCOL.md §9, §18 and §19
+//! (cluster mode: which event log, and the shared tokens it needs).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use car_projections::Retention;
 use chrono::TimeDelta;
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::http::Bind;
 
@@ -42,6 +43,18 @@ pub const DEFAULT_GATED_METHODS: &[&str] = &[
     "mail.send",
     "vision.ocr",
 ];
+
+/// The stream of cluster mode unless told otherwise (PROTOCOL.md §19).
+pub const DEFAULT_STREAM: &str = "CAR";
+
+/// Which event log (`--log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogKind {
+    /// The embedded sled log in the data directory (§9): nothing else to run.
+    Sled,
+    /// A NATS JetStream stream shared by several gateways (§19).
+    Jetstream,
+}
 
 /// `car-server`: the car daemon. Agents and host apps talk to it over a WebSocket
 /// (JSON-RPC 2.0, CAR protocol v2); everything it is told is appended to a durable event
@@ -139,6 +152,63 @@ pub struct Cli {
     /// refused, and `memory.load` of a larger file too.
     #[arg(long, value_name = "N", default_value_t = car_projections::memory::decide::DEFAULT_MAX_FACTS)]
     pub memory_max_facts: usize,
+
+    /// The event log: `sled` (embedded, in the data directory) or `jetstream` (cluster mode:
+    /// a NATS JetStream stream several gateways share; needs --nats and shared tokens).
+    #[arg(long, env = "CAR_LOG", value_enum, default_value_t = LogKind::Sled)]
+    pub log: LogKind,
+
+    /// NATS server URLs of the cluster, comma-separated (cluster mode).
+    #[arg(
+        long,
+        env = "CAR_NATS_URLS",
+        value_name = "URL[,URL…]",
+        value_delimiter = ','
+    )]
+    pub nats: Vec<String>,
+
+    /// The JetStream stream holding the log (cluster mode).
+    #[arg(long, env = "CAR_STREAM", value_name = "NAME", default_value = DEFAULT_STREAM)]
+    pub stream: String,
+
+    /// This gateway's name in cluster mode, as the NATS servers show it [default: gw-<random>].
+    #[arg(long, env = "CAR_GATEWAY_ID", value_name = "ID")]
+    pub gateway_id: Option<String>,
+
+    /// Accept (or create) a stream with fewer than 3 replicas: for development only, since
+    /// losing one NATS node may then lose acknowledged events.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub allow_unsafe_stream: bool,
+
+    /// Read the daemon token from this file instead of generating one (as CAR_AUTH_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Read the host token from this file instead of generating one (as CAR_HOST_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub host_token_file: Option<PathBuf>,
+}
+
+/// Cluster mode's settings (PROTOCOL.md §19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS URLs.
+    pub nats_urls: Vec<String>,
+    /// The stream's name.
+    pub stream: String,
+    /// This gateway's id.
+    pub gateway_id: String,
+    /// Whether a stream with fewer than 3 replicas is accepted.
+    pub allow_unsafe_stream: bool,
+}
+
+/// Which event log the daemon runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogBackend {
+    /// sled in `DATA_DIR/log` (§9).
+    Sled,
+    /// A JetStream stream (§19).
+    JetStream(ClusterConfig),
 }
 
 /// The daemon's configuration, resolved.
@@ -188,6 +258,11 @@ pub struct Config {
     pub handler_deadline: Duration,
     /// Most live memory facts per scope (`--memory-max-facts`, PROTOCOL.md §18).
     pub memory_max_facts: usize,
+    /// The host token to use instead of a generated one (`CAR_HOST_TOKEN`, or
+    /// `--host-token-file`).
+    pub host_token: Option<String>,
+    /// The event log (`--log`, §19).
+    pub log: LogBackend,
 }
 
 impl Config {
@@ -218,6 +293,8 @@ impl Config {
             handler_deadline: Duration::from_secs(30),
             mcp_bind: Bind::Default(DEFAULT_MCP_BIND),
             memory_max_facts: car_projections::memory::decide::DEFAULT_MAX_FACTS,
+            host_token: None,
+            log: LogBackend::Sled,
         }
     }
 
@@ -249,10 +326,57 @@ impl Config {
         if cli.gc_interval == 0 {
             return Err("--gc-interval must be at least 1 second".into());
         }
-        let auth_token = std::env::var("CAR_AUTH_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
+        let auth_token = given_token(
+            "CAR_AUTH_TOKEN",
+            "--auth-token-file",
+            cli.auth_token_file.as_deref(),
+        )?;
+        let host_token = given_token(
+            "CAR_HOST_TOKEN",
+            "--host-token-file",
+            cli.host_token_file.as_deref(),
+        )?;
+        let log = match cli.log {
+            LogKind::Sled => LogBackend::Sled,
+            LogKind::Jetstream => {
+                let nats_urls: Vec<String> = cli
+                    .nats
+                    .iter()
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                if nats_urls.is_empty() {
+                    return Err(
+                        "--log jetstream needs the NATS cluster's URLs: --nats URL[,URL…] or CAR_NATS_URLS".into(),
+                    );
+                }
+                if auth_token.is_none() || host_token.is_none() {
+                    return Err("--log jetstream needs the tokens every gateway shares: set CAR_AUTH_TOKEN and CAR_HOST_TOKEN (or --auth-token-file and --host-token-file), the same on every gateway".into());
+                }
+                let stream = cli.stream.trim().to_owned();
+                if stream.is_empty()
+                    || stream
+                        .chars()
+                        .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+                {
+                    return Err(format!(
+                        "--stream {stream:?}: a stream name is non-empty, without spaces, '.', '*', '>', '/' or '\\'"
+                    ));
+                }
+                LogBackend::JetStream(ClusterConfig {
+                    nats_urls,
+                    stream,
+                    gateway_id: cli
+                        .gateway_id
+                        .map(|id| id.trim().to_owned())
+                        .filter(|id| !id.is_empty())
+                        .unwrap_or_else(|| {
+                            format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+                        }),
+                    allow_unsafe_stream: cli.allow_unsafe_stream,
+                })
+            }
+        };
         let mut config = Self::new(data_dir);
         config.listen = listen;
         config.auth = !cli.no_auth;
@@ -287,6 +411,8 @@ impl Config {
         config.auth_timeout = Duration::from_millis(cli.auth_timeout_ms.max(1));
         config.mcp_bind = Bind::parse("--mcp-bind", cli.mcp_bind.as_deref(), DEFAULT_MCP_BIND)?;
         config.memory_max_facts = cli.memory_max_facts;
+        config.host_token = host_token;
+        config.log = log;
         Ok(config)
     }
 
@@ -300,6 +426,28 @@ impl Config {
     pub fn memory_dir(&self) -> PathBuf {
         self.data_dir.join("memory")
     }
+}
+
+/// A token given by variable `var` (non-blank) or read from `file` (the file wins, as a
+/// flag beats its variable); `None` when neither gives one.
+fn given_token(
+    var: &str,
+    flag: &str,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("{flag} {}: the file is empty", path.display()));
+        }
+        return Ok(Some(token.to_owned()));
+    }
+    Ok(std::env::var(var)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {

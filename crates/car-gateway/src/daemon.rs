@@ -2,6 +2,18 @@
 //! tokens, listen; the HTTP endpoints of [`crate::http`] after recovery), serving until
 //! told to stop, and the graceful stop.
 //!
+//! The log is sled in the data directory (§9), or, in cluster mode (§19), a NATS JetStream
+//! stream that other gateways write too. Then the data directory holds only the tokens,
+//! the memory sandbox and a lock file (one gateway per directory), and three things
+//! change, because the state also holds what *other live gateways* are doing:
+//! - start-up recovery only applies retention: runs in progress, open sessions and pending
+//!   approvals may belong to a live gateway, so none is ended (a dead gateway's are, in
+//!   part 2 of issue 10, by whoever holds the maintenance lease);
+//! - a clean stop closes this gateway's connections and records the stop, and ends nothing
+//!   of the others';
+//! - every event another gateway appends wakes this gateway's subscribers of the runs and
+//!   approvals it touches ([`wake_for_foreign_events`]), as its own writes do.
+//!
 //! Shutdown is passed in (mini-redis style): [`Daemon::run`] serves until the given
 //! future resolves, then drains, so tests start the daemon on port 0 and stop it.
 
@@ -13,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use car_events::event::{DaemonStarted, Event};
+use car_events::event::{DaemonStarted, DaemonStopped, Event};
+use car_events::log::{JetStreamLog, JetStreamOptions};
 use car_events::{
     EventLog, LogError, OpenOptions, ReplayError, SledLog, Stamper, TailRepair, Writer,
     WriterThread, replay,
@@ -27,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{ClusterConfig, Config, LogBackend};
 use crate::connection;
 use crate::http;
 use crate::notify::Notifier;
@@ -62,6 +75,10 @@ pub enum StartError {
     /// The log could not be opened.
     #[error("event log: {0}")]
     Log(#[from] LogError),
+    /// Cluster mode: the NATS cluster is out of reach, or it or its stream is unfit (§19;
+    /// exit 2).
+    #[error("cluster mode: {0}")]
+    Cluster(LogError),
     /// The log could not be replayed.
     #[error("replaying the event log: {0}")]
     Replay(#[from] ReplayError),
@@ -116,6 +133,8 @@ pub struct StartReport {
     pub elapsed: Duration,
     /// Where the MCP endpoint listens (`None`: disabled, or its default address was taken).
     pub mcp: Option<SocketAddr>,
+    /// Which event log, for the start-up line (`sled in DIR`, or the stream and its URLs).
+    pub log: String,
 }
 
 /// What the stop did.
@@ -135,6 +154,8 @@ pub struct Daemon {
     http: Vec<http::Listener>,
     writer_thread: WriterThread,
     report: StartReport,
+    /// Cluster mode: the lock on the data directory (sled holds its own otherwise).
+    _dir_lock: Option<nix::fcntl::Flock<fs::File>>,
 }
 
 impl Daemon {
@@ -150,9 +171,13 @@ impl Daemon {
                 source,
             })?;
         }
-        let log_files = log_dir.clone();
-        let log =
-            tokio::task::spawn_blocking(move || SledLog::open(&log_dir, OpenOptions::default()))
+        let (log, tail_repair, dir_lock, log_line): (Arc<dyn EventLog>, _, _, _) = match &config.log
+        {
+            LogBackend::Sled => {
+                let log_files = log_dir.clone();
+                let log = tokio::task::spawn_blocking(move || {
+                    SledLog::open(&log_dir, OpenOptions::default())
+                })
                 .await
                 .map_err(|e| StartError::Recovery(e.to_string()))?
                 .map_err(|err| match err {
@@ -162,14 +187,29 @@ impl Daemon {
                     },
                     other => StartError::Log(other),
                 })?;
-        // sled creates its files with the process's umask: whatever that is, none of the
-        // log (every prompt and output) is left readable by others.
-        owner_only_files(&log_files).map_err(|source| StartError::DataDir {
-            dir: log_files.clone(),
-            source,
-        })?;
-        let tail_repair = log.tail_repair().cloned();
-        let log: Arc<dyn EventLog> = Arc::new(log);
+                // sled creates its files with the process's umask: whatever that is, none
+                // of the log (every prompt and output) is left readable by others.
+                owner_only_files(&log_files).map_err(|source| StartError::DataDir {
+                    dir: log_files.clone(),
+                    source,
+                })?;
+                let tail_repair = log.tail_repair().cloned();
+                let line = format!("sled in {}", log_files.display());
+                (Arc::new(log) as Arc<dyn EventLog>, tail_repair, None, line)
+            }
+            LogBackend::JetStream(cluster) => {
+                let lock = lock_data_dir(&data_dir)?;
+                let log = open_jetstream(cluster.clone()).await?;
+                let line = format!(
+                    "jetstream stream {} at {} (gateway {})",
+                    cluster.stream,
+                    cluster.nats_urls.join(","),
+                    cluster.gateway_id
+                );
+                (Arc::new(log) as Arc<dyn EventLog>, None, Some(lock), line)
+            }
+        };
+        let clustered = log.is_shared();
         let replay_log = log.clone();
         let (state, events_replayed) = tokio::task::spawn_blocking(move || {
             let mut state = State::new();
@@ -187,13 +227,15 @@ impl Daemon {
         // The token files are written before the port opens: a client that waits for the
         // port and then reads `auth-token` must never read the previous run's token (after
         // a crash the old files are still there).
-        let tokens =
-            Tokens::create(&config.data_dir, config.auth_token.clone()).map_err(|source| {
-                StartError::DataDir {
-                    dir: config.data_dir.clone(),
-                    source,
-                }
-            })?;
+        let tokens = Tokens::create(
+            &config.data_dir,
+            config.auth_token.clone(),
+            config.host_token.clone(),
+        )
+        .map_err(|source| StartError::DataDir {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
         let bound = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
             Err(err) => Err(err),
@@ -217,10 +259,15 @@ impl Daemon {
         // Recovery is appended before anything else can happen: no connection exists yet.
         let recovered = writer
             .execute(move |state: &State| {
-                let recovered = recovery::recover(state, now, &retention);
+                // Cluster mode: what is live may be another gateway's (module docs).
+                let recovered = if clustered {
+                    recovery::gc(state, now, &retention)
+                } else {
+                    recovery::recover(state, now, &retention)
+                };
                 let summary = recovery::summarize(&recovered, events_replayed);
                 let mut events = Vec::with_capacity(recovered.len() + 2);
-                events.push(Event::DaemonStarted(started_event));
+                events.push(Event::DaemonStarted(started_event.clone()));
                 events.extend(recovered);
                 events.push(Event::DaemonRecovered(summary.clone()));
                 (events, summary)
@@ -273,13 +320,18 @@ impl Daemon {
             approvals_expired: summary.approvals_expired,
             elapsed: started.elapsed(),
             mcp: http.iter().find(|l| l.name == "mcp").map(|l| l.addr),
+            log: log_line,
         };
+        if clustered {
+            tokio::spawn(wake_for_foreign_events(app.clone()));
+        }
         Ok(Self {
             app,
             listener,
             http,
             writer_thread,
             report,
+            _dir_lock: dir_lock,
         })
     }
 
@@ -353,8 +405,9 @@ impl Daemon {
         {
             tracing::warn!("some connections did not close in time");
         }
+        let clustered = app.writer.log().is_shared();
         let stopped = app
-            .append(|state| recovery::shutdown(state, "signal"))
+            .append(move |state| stop_events(state, "signal", clustered))
             .await;
         if let Err(err) = &stopped {
             tracing::error!(%err, "could not record the shutdown");
@@ -374,8 +427,9 @@ impl Daemon {
 /// Undoes a start that failed after recovery was recorded: records the stop (so the next
 /// start finds a clean history), stops the writer and removes the token files.
 async fn abandon_start(app: &Arc<App>, writer_thread: WriterThread) {
+    let clustered = app.writer.log().is_shared();
     if let Err(err) = app
-        .append(|state| recovery::shutdown(state, "start-up failed"))
+        .append(move |state| stop_events(state, "start-up failed", clustered))
         .await
     {
         tracing::error!(%err, "could not record the stop");
@@ -448,6 +502,85 @@ async fn refuse(stream: TcpStream, app: &App) {
         tokio_tungstenite::accept_hdr_async(stream, reject),
     )
     .await;
+}
+
+/// What a stop appends: everything live ended (§9), or in cluster mode only the stop, since
+/// what is live may be another gateway's (module docs).
+fn stop_events(state: &State, reason: &str, clustered: bool) -> Vec<Event> {
+    if clustered {
+        vec![Event::DaemonStopped(DaemonStopped {
+            reason: reason.to_owned(),
+        })]
+    } else {
+        recovery::shutdown(state, reason)
+    }
+}
+
+/// Opens cluster mode's log (blocking work: connecting, creating or checking the stream,
+/// reading it into the mirror). Out of reach or unfit is [`StartError::Cluster`] (exit 2).
+async fn open_jetstream(cluster: ClusterConfig) -> Result<JetStreamLog, StartError> {
+    let mut options = JetStreamOptions::new(cluster.nats_urls, cluster.stream);
+    options.allow_unsafe_stream = cluster.allow_unsafe_stream;
+    options.client_name = Some(format!("car-server {}", cluster.gateway_id));
+    tokio::task::spawn_blocking(move || JetStreamLog::open(options))
+        .await
+        .map_err(|e| StartError::Recovery(e.to_string()))?
+        .map_err(|err| match err {
+            LogError::Unavailable(_) | LogError::Unfit(_) => StartError::Cluster(err),
+            other => StartError::Log(other),
+        })
+}
+
+/// Cluster mode: one gateway per data directory (its token files and memory sandbox are
+/// its own). sled's own lock does this otherwise.
+fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>, StartError> {
+    let path = dir.join("gateway.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => StartError::Locked {
+                dir: dir.to_owned(),
+                pid: None,
+            },
+            other => StartError::DataDir {
+                dir: dir.to_owned(),
+                source: other.into(),
+            },
+        },
+    )
+}
+
+/// Cluster mode: wakes the followers of every run and approval that other gateways'
+/// events touch, once this gateway's writer has folded them (its own writes wake them in
+/// [`App`] already; a second wake at the same seq is a no-op). Ends with the daemon.
+async fn wake_for_foreign_events(app: Arc<App>) {
+    let mut durable = app.writer.watch_durable();
+    let mut seen = durable.borrow().seq;
+    loop {
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { return },
+            () = app.stopping.cancelled() => return,
+        }
+        let now = durable.borrow_and_update().seq;
+        if now > seen {
+            for env in app.writer.log().read_from(seen + 1) {
+                let Ok(env) = env else { break };
+                if env.seq > now {
+                    break;
+                }
+                app.wake_event(&env.event, env.seq);
+            }
+        }
+        seen = now;
+    }
 }
 
 /// Retention every `gc_interval`, as events.

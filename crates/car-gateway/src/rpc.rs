@@ -114,6 +114,10 @@ impl From<Refusal> for RpcError {
 
 /// What a client is told when the disk is full.
 pub const DISK_FULL: &str = "the event log is unavailable: the disk is full; nothing was recorded, and writes resume once space is freed";
+/// What a client is told when the cluster's log cannot be reached (cluster mode).
+pub const LOG_UNREACHABLE: &str = "the event log is unavailable: the NATS cluster cannot be reached or did not acknowledge in time; writes resume once it is back";
+/// What a client is told when other gateways kept winning the race to the log.
+pub const LOG_CONTENDED: &str = "the event log is unavailable: other gateways kept writing first; nothing was recorded, try again";
 /// What a client is told after a storage failure.
 pub const LOG_FAILED: &str = "the event log is unavailable after a storage failure: nothing was recorded; car-server must be restarted";
 
@@ -128,6 +132,14 @@ impl From<WriteError> for RpcError {
             WriteError::Log(_) | WriteError::Poisoned(_) => {
                 tracing::error!(%err, "write failed");
                 RpcError::Unavailable(LOG_FAILED.into())
+            }
+            WriteError::Unavailable(_) => {
+                tracing::warn!(%err, "write failed");
+                RpcError::Unavailable(LOG_UNREACHABLE.into())
+            }
+            WriteError::Conflict(_) => {
+                tracing::warn!(%err, "write failed");
+                RpcError::Unavailable(LOG_CONTENDED.into())
             }
             WriteError::Stopped => RpcError::Unavailable("the daemon is stopping".into()),
             WriteError::Rejected { .. } => {

@@ -305,9 +305,13 @@ impl Session {
     ) -> Result<QueuedWrite<R>, RpcError>
     where
         R: Send + 'static,
-        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+        F: FnMut(&State, &[Event]) -> R + Send + 'static,
     {
-        self.queue_with(move |_| command, extract).await
+        let submitted = self.app.submit(command, extract).await?;
+        Ok(QueuedWrite {
+            submitted,
+            _ticket: self.fence.write(),
+        })
     }
 
     /// [`Session::queue`] for a command that depends on the state it is decided against.
@@ -318,8 +322,8 @@ impl Session {
     ) -> Result<QueuedWrite<R>, RpcError>
     where
         R: Send + 'static,
-        B: FnOnce(&State) -> Command + Send + 'static,
-        F: FnOnce(&State, &[Event]) -> R + Send + 'static,
+        B: FnMut(&State) -> Command + Send + 'static,
+        F: FnMut(&State, &[Event]) -> R + Send + 'static,
     {
         let submitted = self.app.submit_with(build, extract).await?;
         Ok(QueuedWrite {

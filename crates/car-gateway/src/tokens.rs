@@ -71,11 +71,15 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Generates the tokens (the daemon token may be given) and writes them, mode 0600.
-    pub fn create(data_dir: &Path, auth_token: Option<String>) -> std::io::Result<Self> {
+    /// Generates the tokens (either may be given) and writes them, mode 0600.
+    pub fn create(
+        data_dir: &Path,
+        auth_token: Option<String>,
+        host_token: Option<String>,
+    ) -> std::io::Result<Self> {
         let tokens = Self {
             auth: auth_token.map(Secret::new).unwrap_or_else(Secret::generate),
-            host: Secret::generate(),
+            host: host_token.map(Secret::new).unwrap_or_else(Secret::generate),
             auth_path: data_dir.join(AUTH_TOKEN_FILE),
             host_path: data_dir.join(HOST_TOKEN_FILE),
         };
@@ -125,7 +129,7 @@ mod tests {
     #[test]
     fn tokens_are_43_chars_0600_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::create(dir.path(), None).unwrap();
+        let tokens = Tokens::create(dir.path(), None, None).unwrap();
         for path in [&tokens.auth_path, &tokens.host_path] {
             let token = read_token(path).unwrap();
             assert_eq!(token.len(), 43);
@@ -145,7 +149,7 @@ mod tests {
     #[test]
     fn a_given_daemon_token_is_used() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::create(dir.path(), Some("s3cret".into())).unwrap();
+        let tokens = Tokens::create(dir.path(), Some("s3cret".into()), None).unwrap();
         assert_eq!(read_token(&tokens.auth_path).unwrap(), "s3cret");
         assert!(tokens.auth.matches("s3cret"));
         assert!(!tokens.auth.matches("s3cre"));

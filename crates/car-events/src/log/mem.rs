@@ -4,6 +4,10 @@
 //! exactly as with sled, and tests can damage a record to exercise corruption handling.
 //! [`MemLog::fail_next_appends`] makes appends fail with an I/O error;
 //! [`MemLog::set_disk_full`] makes the log refuse appends as a full disk does.
+//! [`MemLog::shared`] and [`MemLog::other_writer`] model a log several writers append to
+//! (cluster mode): appends are conditional ([`LogError::Conflict`] when another writer
+//! appended first) and the head moves for every writer's appends, so a test can append
+//! "foreign" events behind a [`crate::Writer`]'s back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -22,9 +26,11 @@ type Records = Arc<RwLock<Vec<Arc<Vec<u8>>>>>;
 #[derive(Debug)]
 pub struct MemLog {
     records: Records,
-    head: watch::Sender<Seq>,
+    head: Arc<watch::Sender<Seq>>,
     failures_pending: AtomicU32,
     disk_full: AtomicBool,
+    /// Whether other writers append too ([`EventLog::is_shared`]).
+    shared: bool,
 }
 
 impl Default for MemLog {
@@ -39,13 +45,34 @@ impl MemLog {
         Self::over(Records::default())
     }
 
+    /// An empty log that several writers share: see [`MemLog::other_writer`].
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::new()
+        }
+    }
+
+    /// Another writer's handle on this shared log: same records, same head. Its appends are
+    /// "foreign" to a [`crate::Writer`] over this handle, and the other way round.
+    pub fn other_writer(&self) -> Self {
+        Self {
+            records: self.records.clone(),
+            head: self.head.clone(),
+            failures_pending: AtomicU32::new(0),
+            disk_full: AtomicBool::new(false),
+            shared: true,
+        }
+    }
+
     fn over(records: Records) -> Self {
         let head = records.read().len() as Seq;
         Self {
             records,
-            head: watch::Sender::new(head),
+            head: Arc::new(watch::Sender::new(head)),
             failures_pending: AtomicU32::new(0),
             disk_full: AtomicBool::new(false),
+            shared: false,
         }
     }
 
@@ -109,7 +136,11 @@ impl EventLog for MemLog {
             encoded.push(Arc::new(codec::encode(env)?));
         }
         let mut records = self.records.write();
-        let range = check_sequence(records.len() as Seq, batch)?;
+        let head = records.len() as Seq;
+        if self.shared && batch.first().is_some_and(|env| env.seq != head + 1) {
+            return Err(LogError::Conflict { head });
+        }
+        let range = check_sequence(head, batch)?;
         self.check_space()?;
         if self.take_failure() {
             return Err(LogError::Io(
@@ -135,6 +166,10 @@ impl EventLog for MemLog {
             next += 1;
             Some(Ok((seq, RawRecord::shared(bytes))))
         }))
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared
     }
 
     fn head(&self) -> Seq {

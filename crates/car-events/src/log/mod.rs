@@ -1,4 +1,4 @@
-//! The append-only event log: one trait, two implementations.
+//! The append-only event log: one trait, three implementations.
 //!
 //! [`EventLog`] is raw sequenced storage, like raft-rs's `Storage`: it stores envelopes
 //! that already carry their seq and time, refuses anything that is not exactly the next
@@ -7,10 +7,15 @@
 //! [`crate::Writer`] above it, not of the storage.
 //!
 //! - [`SledLog`]: the daemon's log, in sled, key = big-endian seq.
+//! - [`JetStreamLog`]: cluster mode (PROTOCOL.md §19): a NATS JetStream stream that several
+//!   gateways append to. Its appends are conditional: one whose first seq is no longer the
+//!   stream's next (another gateway appended first) fails with [`LogError::Conflict`], and
+//!   its head moves for events other gateways appended ([`EventLog::is_shared`]).
 //! - [`MemLog`]: the same contract in memory, for every other crate's tests, with fault
-//!   injection for the "disk full" paths.
+//!   injection for the "disk full" paths and "foreign" appends behind a writer's back.
 
 mod durable;
+pub mod jetstream;
 mod mem;
 mod sled;
 mod space;
@@ -20,6 +25,7 @@ use std::path::PathBuf;
 
 use tokio::sync::watch;
 
+pub use self::jetstream::{JetStreamLog, JetStreamOptions};
 pub use self::mem::MemLog;
 pub use self::sled::{OpenOptions, SledLog, TailRepair};
 
@@ -93,6 +99,29 @@ pub enum LogError {
         "the event log refuses writes until it is reopened (restart car-server), after an earlier failure: {0}"
     )]
     Poisoned(String),
+    /// A shared log moved on: another writer appended first, up to `head`. Nothing of the
+    /// batch is in the log; fold the log up to `head` and decide again.
+    #[error("another writer appended first: the log's head is now seq {head}")]
+    Conflict {
+        /// The log's head as the refusal named it (the local view may lag behind it).
+        head: Seq,
+    },
+    /// The log's servers cannot be reached (or did not acknowledge in time). Reads of what
+    /// was already read keep working; appends resume once the servers are back.
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    /// The log's servers or stream do not meet what the log needs (a server too old, a
+    /// stream that could lose events, a bad address): refused at open.
+    #[error("{0}")]
+    Unfit(String),
+    /// More events in one append than the log takes at once ([`EventLog::max_batch_events`]).
+    #[error("an append of {events} events exceeds the log's limit of {max} per append")]
+    BatchTooLarge {
+        /// Events offered.
+        events: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl LogError {
@@ -101,7 +130,10 @@ impl LogError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            LogError::Io(_) | LogError::DiskFull { .. } | LogError::Poisoned(_)
+            LogError::Io(_)
+                | LogError::DiskFull { .. }
+                | LogError::Poisoned(_)
+                | LogError::Unavailable(_)
         )
     }
 }
@@ -199,7 +231,20 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
-    /// The seq of the last durable event (0 when empty).
+    /// The most events one [`EventLog::append`] takes; the writer cuts its batches to fit.
+    fn max_batch_events(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Whether other writers append to this log too, so that its head can move without this
+    /// process appending and an append can fail with [`LogError::Conflict`]. False for a
+    /// log a process holds alone (sled, memory).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// The seq of the last durable event (0 when empty). For a shared log, events of
+    /// other writers count as soon as this process has them.
     fn head(&self) -> Seq;
 
     /// A receiver of the head; it changes after every durable append. Use

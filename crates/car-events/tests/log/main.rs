@@ -4,4 +4,5 @@ mod crash;
 mod disk_full;
 mod golden;
 mod io_errors;
+mod jetstream;
 mod model;

@@ -113,8 +113,8 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
             .queue_with(
                 move |state| {
                     Command::Subscribe(Subscribe {
-                        actor,
-                        subscription_id: id,
+                        actor: actor.clone(),
+                        subscription_id: id.clone(),
                         target: SubscriptionTarget::Log {
                             from_seq: params.from_seq.unwrap_or(state.head() + 2).max(1),
                         },

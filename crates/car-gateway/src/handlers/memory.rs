@@ -140,7 +140,7 @@ pub(crate) async fn add_fact(session: &mut Session, params: Value, responder: Re
 
 /// What `memory.add_fact` answers (also MCP's `memory_add_fact`): the scope's live facts
 /// once the decided events (none, or the fact added) are applied.
-pub(crate) fn count_after_add(scope: Scope) -> impl FnOnce(&State, &[Event]) -> usize {
+pub(crate) fn count_after_add(scope: Scope) -> impl FnMut(&State, &[Event]) -> usize {
     move |state, events| state.memory().fact_count(&scope) + events.len()
 }
 
@@ -250,7 +250,7 @@ pub(crate) async fn delete(session: &mut Session, params: Value, responder: Resp
 pub(crate) fn delete_outcome(
     scope: Scope,
     fact_id: String,
-) -> impl FnOnce(&State, &[Event]) -> (Option<String>, usize) {
+) -> impl FnMut(&State, &[Event]) -> (Option<String>, usize) {
     move |state, events| {
         let memory = state.memory();
         let kind = match events {

@@ -63,8 +63,7 @@ async fn start_run(session: &mut Session, params: Value) -> Result<Value, RpcErr
                 Some(Event::RunStarted(e)) => Some((e.run_id.clone(), e.agent_id.clone())),
                 _ => {
                     // Idempotent: the run (or the evicted run) that already has this key.
-                    let key = key.unwrap_or_default();
-                    let key = key.trim();
+                    let key = key.as_deref().unwrap_or_default().trim();
                     let agent = state
                         .run(key)
                         .map(|run| run.agent_id.clone())

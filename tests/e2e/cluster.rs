@@ -1,0 +1,357 @@
+//! PROTOCOL.md §19, cluster mode: two real `car-server` processes ("gateways") over one
+//! NATS JetStream stream on the 3-node cluster of scripts/nats-cluster.sh. A run written
+//! through one gateway is read and followed live through the other; racing writes through
+//! both keep the rules of §3 (first terminal wins, contiguous turn indices); `log.read`
+//! is the same log from both; the start-up refusals of §19 exit 2.
+//!
+//! Skipped (with a `SKIPPED` line) unless `CAR_TEST_NATS_URLS` names the cluster, as
+//! scripts/test.sh does. Each test uses a stream of its own.
+
+use car_tests::{Client, Server, turns};
+use serde_json::{Value, json};
+
+use crate::builder;
+use crate::runs::{full_trace, record, start};
+
+/// The tokens every gateway of a test shares (§19 requires shared tokens).
+const AUTH_TOKEN: &str = "cluster-test-daemon-token-0123456789abcdef0123";
+const HOST_TOKEN: &str = "cluster-test-host-token-0123456789abcdef012345";
+
+/// The cluster's URLs, or `None` after printing why the test is skipped.
+fn cluster(test: &str) -> Option<String> {
+    match std::env::var("CAR_TEST_NATS_URLS") {
+        Ok(urls) if !urls.trim().is_empty() => Some(urls),
+        _ => {
+            println!("SKIPPED cluster::{test}: CAR_TEST_NATS_URLS not set");
+            None
+        }
+    }
+}
+
+fn stream_name(test: &str) -> String {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    format!("E_{test}_{}", &unique[..12])
+}
+
+/// One gateway on `stream`.
+async fn gateway(urls: &str, stream: &str, id: &str) -> Server {
+    builder()
+        .args([
+            "--log",
+            "jetstream",
+            "--nats",
+            urls,
+            "--stream",
+            stream,
+            "--gateway-id",
+            id,
+        ])
+        .env("CAR_AUTH_TOKEN", AUTH_TOKEN)
+        .env("CAR_HOST_TOKEN", HOST_TOKEN)
+        .spawn()
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+/// Two gateways on a fresh stream of their own.
+async fn two_gateways(urls: &str, test: &str) -> (Server, Server) {
+    let stream = stream_name(test);
+    let a = gateway(urls, &stream, "a").await;
+    let b = gateway(urls, &stream, "b").await;
+    (a, b)
+}
+
+/// Reads `runs.trace.event`s of `run_id` until its `ended` event.
+async fn events_until_ended(client: &mut Client, run_id: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let event = client
+            .next_notification_where("runs.trace.event", |e| e["run_id"] == run_id)
+            .await
+            .unwrap();
+        let ended = event["record"]["record"] == "ended";
+        events.push(event);
+        if ended {
+            return events;
+        }
+    }
+}
+
+/// A host session on `gateway` following its log from seq 1 (see [`until_started`]).
+async fn log_feed(gateway: &Server) -> Client {
+    let mut feed = gateway.auth_host().await;
+    feed.ok("log.subscribe", json!({"from_seq": 1})).await;
+    feed
+}
+
+/// Waits until the gateway of `feed` has folded the start of `run` (written through
+/// another gateway, which answered once its own projection had it: this one follows a few
+/// milliseconds later).
+async fn until_started(feed: &mut Client, run: &str) {
+    feed.next_notification_where("log.event", |e| {
+        e["kind"] == "run.started" && e["data"]["run_id"] == run
+    })
+    .await
+    .unwrap();
+}
+
+/// The turn indices of a subscription's snapshot and live events, in arrival order.
+fn indices(snapshot: &Value, events: &[Value]) -> Vec<u64> {
+    snapshot["turns_so_far"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            events
+                .iter()
+                .map(|e| &e["record"])
+                .filter(|r| r["record"] == "turn"),
+        )
+        .map(|t| t["index"].as_u64().unwrap())
+        .collect()
+}
+
+/// The whole log as a host sees it through one gateway.
+async fn whole_log(host: &mut Client) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = host
+            .ok("log.read", json!({"from_seq": from, "limit": 10_000}))
+            .await;
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return events;
+        }
+        from = page["next_seq"].as_u64().unwrap();
+        events.extend(batch);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_written_through_both_gateways_is_followed_live_on_either() {
+    let Some(urls) = cluster("a_run_written_through_both_gateways_is_followed_live_on_either")
+    else {
+        return;
+    };
+    let (a, b) = two_gateways(&urls, "follow").await;
+    let mut feed = log_feed(&b).await;
+    let mut owner = a.auth_client().await;
+    let run = start(&mut owner, "w").await;
+    until_started(&mut feed, &run).await;
+    // B knows the run A started: its subscription's snapshot has it, in progress.
+    let mut host_b = b.auth_host().await;
+    let snapshot_b = host_b.ok("runs.subscribe", json!({"run_id": run})).await;
+    assert_eq!(snapshot_b["status"], "in_progress", "{snapshot_b}");
+    assert_eq!(snapshot_b["agent_id"], "w");
+    let mut host_a = a.auth_host().await;
+    let snapshot_a = host_a.ok("runs.subscribe", json!({"run_id": run})).await;
+    // Turns through both gateways, alternately: A's owner and B's agent session for `w`.
+    let mut agent_b = b.auth_agent("w").await;
+    let mut expected_base = 0;
+    for round in 0..10 {
+        let (client, who) = if round % 2 == 0 {
+            (&mut owner, "a")
+        } else {
+            (&mut agent_b, "b")
+        };
+        let base = record(client, &run, turns(&format!("{who}{round}"), 2)).await;
+        assert_eq!(
+            base, expected_base,
+            "indices follow each other across gateways"
+        );
+        expected_base += 2;
+    }
+    let done = agent_b
+        .ok(
+            "runs.complete",
+            json!({"run_id": run, "outcome": {"status": "success"}}),
+        )
+        .await;
+    assert_eq!(done["ok"], true, "{done}");
+    // Both subscribers saw every turn live, in order, without gap or duplicate, then the end.
+    for (snapshot, host) in [(&snapshot_b, &mut host_b), (&snapshot_a, &mut host_a)] {
+        let events = events_until_ended(host, &run).await;
+        assert_eq!(indices(snapshot, &events), (0..20).collect::<Vec<u64>>());
+        let last = events.last().unwrap();
+        assert_eq!(last["status"], "completed", "{last}");
+    }
+    // The same trace through either gateway.
+    let trace_a = full_trace(&mut host_a, &run).await;
+    let trace_b = full_trace(&mut host_b, &run).await;
+    assert_eq!(trace_a["records"], trace_b["records"]);
+    // log.read: one log, the same events at the same seqs through both.
+    let log_a = whole_log(&mut host_a).await;
+    let log_b = whole_log(&mut host_b).await;
+    let common = log_a.len().min(log_b.len());
+    assert!(common >= 13, "{common}");
+    assert_eq!(log_a[..common], log_b[..common]);
+    for (i, event) in log_a.iter().enumerate() {
+        assert_eq!(event["seq"], i as u64 + 1, "gapless");
+    }
+    let started = log_a
+        .iter()
+        .filter(|e| e["kind"] == "daemon.started")
+        .count();
+    assert_eq!(
+        started, 2,
+        "both gateways recorded their start in the one log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_completes_through_two_gateways_have_one_winner() {
+    let Some(urls) = cluster("racing_completes_through_two_gateways_have_one_winner") else {
+        return;
+    };
+    let (a, b) = two_gateways(&urls, "race").await;
+    let mut owner = a.auth_client().await;
+    let mut agent = b.auth_agent("racer").await;
+    let mut host = b.auth_host().await;
+    let mut feed = log_feed(&b).await;
+    for round in 0..5 {
+        let run = start(&mut owner, "racer").await;
+        until_started(&mut feed, &run).await;
+        host.ok("runs.subscribe", json!({"run_id": run})).await;
+        let complete = |status: &str| json!({"run_id": run, "outcome": {"status": status}});
+        let (on_a, on_b) = tokio::join!(
+            owner.call("runs.complete", complete("success")),
+            agent.call("runs.complete", complete("failed")),
+        );
+        let won: Vec<&str> = [(&on_a, "success"), (&on_b, "failed")]
+            .iter()
+            .filter(|(r, _)| r.as_ref().is_ok_and(|v| v["ok"] == true))
+            .map(|(_, status)| *status)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {on_a:?} / {on_b:?}");
+        for loser in [&on_a, &on_b] {
+            if let Err(err) = loser {
+                assert_eq!(err.code, -32603);
+                assert!(
+                    err.message.contains("already terminal"),
+                    "round {round}: {on_a:?} / {on_b:?}"
+                );
+            }
+        }
+        // The winner's outcome is the run's, as the other gateway shows it too.
+        let events = events_until_ended(&mut host, &run).await;
+        let ended = &events.last().unwrap()["record"];
+        assert_eq!(ended["termination"]["outcome"]["status"], won[0], "{ended}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_recorded_concurrently_through_both_gateways_get_contiguous_indices() {
+    let Some(urls) =
+        cluster("turns_recorded_concurrently_through_both_gateways_get_contiguous_indices")
+    else {
+        return;
+    };
+    let (a, b) = two_gateways(&urls, "turns").await;
+    let mut feed = log_feed(&b).await;
+    let mut owner = a.auth_client().await;
+    let run = start(&mut owner, "t").await;
+    until_started(&mut feed, &run).await;
+    let mut host = b.auth_host().await;
+    host.ok("runs.subscribe", json!({"run_id": run})).await;
+    let agent = b.auth_agent("t").await;
+    const BATCHES: usize = 20;
+    const PER_BATCH: usize = 3;
+    let write = |mut client: Client, who: &'static str, run: String| async move {
+        let mut bases = Vec::new();
+        for i in 0..BATCHES {
+            bases.push(record(&mut client, &run, turns(&format!("{who}-{i}"), PER_BATCH)).await);
+        }
+        (client, bases)
+    };
+    let (bases_a, bases_b) = tokio::join!(
+        tokio::spawn(write(owner, "a", run.clone())),
+        tokio::spawn(write(agent, "b", run.clone())),
+    );
+    let ((mut owner, bases_a), (_agent, bases_b)) = (bases_a.unwrap(), bases_b.unwrap());
+    let mut bases: Vec<u64> = bases_a.into_iter().chain(bases_b).collect();
+    bases.sort_unstable();
+    let expected: Vec<u64> = (0..2 * BATCHES as u64)
+        .map(|i| i * PER_BATCH as u64)
+        .collect();
+    assert_eq!(
+        bases, expected,
+        "every batch got its own contiguous indices"
+    );
+    // Everything acknowledged is in the trace once, in order, as each gateway shows it.
+    let mut host_a = a.auth_host().await;
+    let done = owner
+        .ok(
+            "runs.complete",
+            json!({"run_id": run, "outcome": {"status": "success"}}),
+        )
+        .await;
+    assert_eq!(done["ok"], true, "{done}");
+    let mut live = events_until_ended(&mut host, &run).await;
+    live.retain(|e| e["record"]["record"] == "turn");
+    let live_indices: Vec<u64> = live
+        .iter()
+        .map(|e| e["record"]["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        live_indices,
+        (0..(2 * BATCHES * PER_BATCH) as u64).collect::<Vec<_>>()
+    );
+    let trace_a = full_trace(&mut host_a, &run).await;
+    let trace_b = full_trace(&mut host, &run).await;
+    assert_eq!(trace_a["records"], trace_b["records"]);
+    let mut texts: Vec<String> = trace_a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["record"] == "turn")
+        .map(|r| r.to_string())
+        .collect();
+    let total = texts.len();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(total, 2 * BATCHES * PER_BATCH);
+    assert_eq!(texts.len(), total, "no turn twice");
+}
+
+#[tokio::test]
+async fn cluster_mode_refuses_to_start_without_shared_tokens_or_reachable_nats() {
+    // Needs no cluster: both refusals come before anything is reachable.
+    let (status, _, stderr) = builder()
+        .args([
+            "--data-dir",
+            "/nonexistent-car-test",
+            "--log",
+            "jetstream",
+            "--nats",
+            "nats://127.0.0.1:1",
+        ])
+        .run_to_exit()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CAR_AUTH_TOKEN") && stderr.contains("CAR_HOST_TOKEN"),
+        "{stderr}"
+    );
+    let data = car_tests::DataDir::new();
+    let (status, _, stderr) = builder()
+        .args(["--port", "0", "--mcp-bind", "disabled", "--data-dir"])
+        .args([data.path()])
+        .args([
+            "--log",
+            "jetstream",
+            "--nats",
+            "nats://127.0.0.1:1,nats://127.0.0.1:9",
+        ])
+        .env("CAR_AUTH_TOKEN", AUTH_TOKEN)
+        .env("CAR_HOST_TOKEN", HOST_TOKEN)
+        .run_to_exit()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nats://127.0.0.1:1,nats://127.0.0.1:9"),
+        "{stderr}"
+    );
+}

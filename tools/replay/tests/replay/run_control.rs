@@ -1,6 +1,7 @@
 //! Runs v3 in the audit (PROTOCOL.md §14.1–14.2): `trace` shows cancellations with their
 //! receipts (checked), the quarantine and the orphan end, and resumes; `verify` passes the
-//! golden-v6 log and names a receipt whose digest does not recompute.
+//! golden-v6 log and names a receipt whose digest does not recompute, an outcome without
+//! its marker and a second outcome of one.
 
 use car_events::codec;
 use car_events::{Event, JsonText};
@@ -72,4 +73,49 @@ fn verify_names_a_receipt_whose_digest_does_not_recompute() {
     assert_eq!(problem["check"], "invariant");
     let message = problem["message"].as_str().unwrap();
     assert!(message.contains("receipt_digest"), "{message}");
+}
+
+#[test]
+fn verify_names_a_tool_call_outcome_without_its_marker_and_a_second_outcome() {
+    use crate::fixtures::golden_envelopes;
+    use car_events::event::ToolCallCompleted;
+    let completed = |request: &str| {
+        Event::ToolCallCompleted(ToolCallCompleted {
+            request_id: request.into(),
+            output: JsonText::from(serde_json::json!("forged")),
+            elapsed_ms: 1,
+        })
+    };
+    // Seq 13 completes rpc-101 (dispatched at 12): make it a call never dispatched.
+    let mut envelopes = golden_envelopes();
+    envelopes[12].event = completed("rpc-999");
+    let report = DataDir::with_envelopes(&envelopes)
+        .run(&["verify", "--json"])
+        .expect(1)
+        .json();
+    let problem = &report["problems"][0];
+    assert_eq!(
+        (problem["seq"].as_u64(), problem["check"].as_str()),
+        (Some(13), Some("invariant"))
+    );
+    assert!(
+        problem["message"].as_str().unwrap().contains("rpc-999"),
+        "{report}"
+    );
+    // Seq 14 dispatches rpc-102: make it a second outcome of rpc-101.
+    let mut envelopes = golden_envelopes();
+    envelopes[13].event = completed("rpc-101");
+    let report = DataDir::with_envelopes(&envelopes)
+        .run(&["verify", "--json"])
+        .expect(1)
+        .json();
+    let problem = &report["problems"][0];
+    assert_eq!(
+        (problem["seq"].as_u64(), problem["check"].as_str()),
+        (Some(14), Some("invariant"))
+    );
+    assert!(
+        problem["message"].as_str().unwrap().contains("rpc-101"),
+        "{report}"
+    );
 }

@@ -7,6 +7,7 @@
 //!   buffering), cheap enough to open ten thousand of;
 //! - [`soak`]: writers killed mid-flight, then every acknowledged turn checked against the
 //!   restarted daemon;
+//! - `cycles`: what both soaks share: the seed, the scratch directory, when kills land;
 //! - [`tool_soak`]: tool clients killed mid-call, then every dispatch marker, outcome and
 //!   proposal result checked against what the clients saw;
 //! - [`bench`](mod@bench): throughput, subscriber latency, idle memory, start-up time and tool
@@ -17,6 +18,7 @@
 //! `car-test-server` do), so `cargo run --bin car-soak` needs no other binary built.
 
 pub mod bench;
+mod cycles;
 pub mod server;
 pub mod soak;
 pub mod tool_soak;

@@ -27,7 +27,7 @@
 //! the reason.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use rand::rngs::StdRng;
@@ -35,7 +35,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::load::server::{Scratch, ServerProcess, ServerSpec, default_scratch_parent};
+use crate::load::cycles;
+use crate::load::server::{ServerProcess, ServerSpec};
 use crate::load::ws::{CALL_TIMEOUT, Conn};
 
 /// The daemon's per-run turn limit (PROTOCOL.md §3.3): a run must never reach it, or
@@ -44,11 +45,6 @@ const RUN_TURN_LIMIT: u32 = 2000;
 /// Padding in every turn's output so a turn is the size of a small real one (~200 bytes
 /// of JSON) rather than a few bytes.
 const PAD: &str = "soak-output-soak-output-soak-output-soak-output-soak-output-soak-output";
-/// Share of kills drawn from the first [`EARLY_KILL_MS`] ms: kills that land while the
-/// clients connect and authenticate, not only in the middle of steady writing.
-const EARLY_KILL_SHARE: f64 = 0.2;
-/// See [`EARLY_KILL_SHARE`].
-const EARLY_KILL_MS: u64 = 20;
 /// Retention is not under test: with the daemon's default (10 000 runs) a long soak
 /// would see its oldest runs evicted and could no longer read them back.
 const MAX_RUNS: &str = "1000000000";
@@ -277,15 +273,8 @@ pub async fn run_soak(
         );
     }
     let started = Instant::now();
-    let seed = options.seed.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
-    let mut scratch = match &options.data_dir {
-        Some(dir) => Scratch::existing(dir.clone())?,
-        None => Scratch::new(&default_scratch_parent(), "soak")?,
-    };
+    let seed = cycles::seed(options.seed);
+    let mut scratch = cycles::scratch(options.data_dir.as_ref(), "soak")?;
     let spec = ServerSpec::new(scratch.path())
         .bin(options.server_bin.clone())
         .args(["--max-runs", MAX_RUNS]);
@@ -294,7 +283,7 @@ pub async fn run_soak(
         .map(|client| Writer {
             client,
             next_run: 0,
-            rng: StdRng::seed_from_u64(seed ^ (u64::from(client) + 1).wrapping_mul(0x9E37_79B9)),
+            rng: cycles::client_rng(seed, client),
         })
         .collect();
     let mut report = SoakReport {
@@ -316,11 +305,7 @@ pub async fn run_soak(
         .await
         .context("starting the daemon")?;
     for cycle in 1..=options.cycles {
-        let kill_after = if schedule.random_bool(EARLY_KILL_SHARE) {
-            schedule.random_range(0..=EARLY_KILL_MS.min(options.max_kill_ms))
-        } else {
-            schedule.random_range(0..=options.max_kill_ms)
-        };
+        let kill_after = cycles::kill_after(&mut schedule, options.max_kill_ms);
         let tasks: Vec<_> = writers
             .drain(..)
             .map(|mut writer| {
@@ -705,13 +690,7 @@ mod tests {
     /// `cargo test`): three kills, every acknowledged turn read back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_short_soak_finds_every_acknowledged_turn() {
-        let exe = std::env::current_exe().unwrap();
-        let Some(server) = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("car-test-server"))
-            .filter(|bin| bin.exists())
-        else {
+        let Some(server) = cycles::test_server_bin() else {
             eprintln!("skipped: car-test-server is not built (run `cargo test -p car-tests`)");
             return;
         };

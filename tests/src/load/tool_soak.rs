@@ -51,7 +51,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use rand::rngs::StdRng;
@@ -59,7 +59,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::load::server::{Scratch, ServerProcess, ServerSpec, default_scratch_parent};
+use crate::load::cycles;
+use crate::load::server::{ServerProcess, ServerSpec};
 use crate::load::ws::{CALL_TIMEOUT, Conn, outcome};
 
 /// The one tool every client registers.
@@ -81,10 +82,6 @@ const MARKER_KIND: &str = "tool_call.dispatched";
 const ACTION_FINISHED_KIND: &str = "proposal.action_finished";
 /// `log.read`'s largest page (PROTOCOL.md §7).
 const LOG_PAGE: u64 = 10_000;
-/// See the runs soak: a share of kills while clients connect and register.
-const EARLY_KILL_SHARE: f64 = 0.2;
-/// See [`EARLY_KILL_SHARE`].
-const EARLY_KILL_MS: u64 = 20;
 /// Share of actions with `failure_behavior: retry`, and with `continue`.
 const RETRY_SHARE: f64 = 0.35;
 const CONTINUE_SHARE: f64 = 0.15;
@@ -707,22 +704,15 @@ pub async fn run_tool_soak(
     mut on_cycle: impl FnMut(&ToolCycleReport),
 ) -> anyhow::Result<ToolSoakReport> {
     let started = Instant::now();
-    let seed = options.seed.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
-    let mut scratch = match &options.data_dir {
-        Some(dir) => Scratch::existing(dir.clone())?,
-        None => Scratch::new(&default_scratch_parent(), "tool-soak")?,
-    };
+    let seed = cycles::seed(options.seed);
+    let mut scratch = cycles::scratch(options.data_dir.as_ref(), "tool-soak")?;
     let spec = ServerSpec::new(scratch.path()).bin(options.server_bin.clone());
     let mut schedule = StdRng::seed_from_u64(seed);
     let mut clients: Vec<ToolClient> = (0..options.clients)
         .map(|client| ToolClient {
             client,
             next_proposal: 0,
-            rng: StdRng::seed_from_u64(seed ^ (u64::from(client) + 1).wrapping_mul(0x9E37_79B9)),
+            rng: cycles::client_rng(seed, client),
             seen: HashSet::new(),
         })
         .collect();
@@ -749,11 +739,7 @@ pub async fn run_tool_soak(
         .await
         .context("starting the daemon")?;
     for cycle in 1..=options.cycles {
-        let kill_after = if schedule.random_bool(EARLY_KILL_SHARE) {
-            schedule.random_range(0..=EARLY_KILL_MS.min(options.max_kill_ms))
-        } else {
-            schedule.random_range(0..=options.max_kill_ms)
-        };
+        let kill_after = cycles::kill_after(&mut schedule, options.max_kill_ms);
         let tasks: Vec<_> = clients
             .drain(..)
             .map(|mut client| {
@@ -1443,13 +1429,7 @@ mod tests {
     /// `cargo test`): a few kills while tool clients are mid-call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_short_tool_soak_finds_every_call_accounted_for() {
-        let exe = std::env::current_exe().unwrap();
-        let Some(server) = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("car-test-server"))
-            .filter(|bin| bin.exists())
-        else {
+        let Some(server) = cycles::test_server_bin() else {
             eprintln!("skipped: car-test-server is not built (run `cargo test -p car-tests`)");
             return;
         };

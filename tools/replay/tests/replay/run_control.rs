@@ -86,36 +86,34 @@ fn verify_names_a_tool_call_outcome_without_its_marker_and_a_second_outcome() {
             elapsed_ms: 1,
         })
     };
+    // The first problem `verify` reports for the golden log with `seq` replaced.
+    let first_problem = |seq: usize, event: Event| {
+        let mut envelopes = golden_envelopes();
+        envelopes[seq - 1].event = event;
+        let report = DataDir::with_envelopes(&envelopes)
+            .run(&["verify", "--json"])
+            .expect(1)
+            .json();
+        report["problems"][0].clone()
+    };
     // Seq 13 completes rpc-101 (dispatched at 12): make it a call never dispatched.
-    let mut envelopes = golden_envelopes();
-    envelopes[12].event = completed("rpc-999");
-    let report = DataDir::with_envelopes(&envelopes)
-        .run(&["verify", "--json"])
-        .expect(1)
-        .json();
-    let problem = &report["problems"][0];
+    let problem = first_problem(13, completed("rpc-999"));
     assert_eq!(
         (problem["seq"].as_u64(), problem["check"].as_str()),
         (Some(13), Some("invariant"))
     );
     assert!(
         problem["message"].as_str().unwrap().contains("rpc-999"),
-        "{report}"
+        "{problem}"
     );
     // Seq 14 dispatches rpc-102: make it a second outcome of rpc-101.
-    let mut envelopes = golden_envelopes();
-    envelopes[13].event = completed("rpc-101");
-    let report = DataDir::with_envelopes(&envelopes)
-        .run(&["verify", "--json"])
-        .expect(1)
-        .json();
-    let problem = &report["problems"][0];
+    let problem = first_problem(14, completed("rpc-101"));
     assert_eq!(
         (problem["seq"].as_u64(), problem["check"].as_str()),
         (Some(14), Some("invariant"))
     );
     assert!(
         problem["message"].as_str().unwrap().contains("rpc-101"),
-        "{report}"
+        "{problem}"
     );
 }

@@ -19,6 +19,7 @@
 //!   timeouts and tools.cancel, disconnects, failure behaviours, turns, the log's record;
 //! - [`approvals`]: §5 approvals (request, resolve, list, await, restarts) and the gate;
 //! - [`host_feed`]: §6 host.subscribe, host.event, host.events;
+//! - [`dashboard`]: §17 the dashboard's Host check, `/auth-token` and JSON API;
 //! - [`cookbook`]: the CAR cookbook flow as an unmodified old client runs it;
 //! - [`data_dir`]: start-up order of the token files and the port, the directory's modes;
 //! - [`disk_full`]: a full disk: prompt refusals, reads and sessions meanwhile, recovery;
@@ -31,6 +32,7 @@ mod approvals;
 mod auth;
 mod cluster;
 mod cookbook;
+mod dashboard;
 mod data_dir;
 mod disk_full;
 mod host_feed;

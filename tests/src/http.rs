@@ -82,8 +82,11 @@ async fn send(
     let driver = tokio::spawn(connection);
     let mut builder = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).context("method")?)
-        .uri(path)
-        .header("host", addr.to_string());
+        .uri(path);
+    // The test's own `Host`, if it gives one (to send a wrong one), else the address.
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        builder = builder.header("host", addr.to_string());
+    }
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }

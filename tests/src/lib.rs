@@ -82,6 +82,9 @@ pub const DAEMON_ENV: [&str; 12] = [
 const LISTEN_MARKER: &str = "listening on ws://";
 /// The marker of the MCP start-up line: `mcp: http://ADDR/mcp` or `mcp: disabled`.
 const MCP_MARKER: &str = "mcp: ";
+/// The marker of the dashboard's start-up line: `dashboard: http://ADDR/#host_token=…`,
+/// `dashboard: http://ADDR/` or `dashboard: disabled`.
+const DASHBOARD_MARKER: &str = "dashboard: ";
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -682,6 +685,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The MCP endpoint's address, when it is on.
     pub mcp: Option<SocketAddr>,
+    /// The dashboard's address, when it is on.
+    pub dashboard: Option<SocketAddr>,
     /// The daemon token (`auth-token`).
     pub auth_token: String,
     /// The host token (`host-token`).
@@ -689,7 +694,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn read(addr: SocketAddr, mcp: Option<SocketAddr>, data_dir: &Path) -> anyhow::Result<Self> {
+    fn read(
+        addr: SocketAddr,
+        mcp: Option<SocketAddr>,
+        dashboard: Option<SocketAddr>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let read = |name: &str| {
             let path = data_dir.join(name);
             car_gateway::tokens::read_token(&path)
@@ -698,6 +708,7 @@ impl Endpoint {
         Ok(Self {
             addr,
             mcp,
+            dashboard,
             auth_token: read(car_gateway::tokens::AUTH_TOKEN_FILE)?,
             host_token: read(car_gateway::tokens::HOST_TOKEN_FILE)?,
         })
@@ -713,6 +724,14 @@ impl Endpoint {
     pub fn mcp_addr(&self) -> SocketAddr {
         self.mcp
             .expect("MCP is off for this daemon: start it with ServerBuilder::mcp()")
+    }
+
+    /// The dashboard's address. Panics when it is off (start the daemon with
+    /// [`ServerBuilder::dashboard`]).
+    pub fn dashboard_addr(&self) -> SocketAddr {
+        self.dashboard.expect(
+            "the dashboard is off for this daemon: start it with ServerBuilder::dashboard()",
+        )
     }
 
     /// A new, unauthenticated connection.
@@ -858,6 +877,7 @@ pub struct ServerBuilder {
     data: Option<DataDir>,
     data_via_env: bool,
     mcp: McpMode,
+    dashboard: bool,
 }
 
 /// How a spawned daemon's MCP endpoint is set.
@@ -881,7 +901,15 @@ impl ServerBuilder {
             data: None,
             data_via_env: false,
             mcp: McpMode::Off,
+            dashboard: false,
         }
+    }
+
+    /// Turns the dashboard on (on a free loopback port, the daemon's being 0; see
+    /// [`Endpoint::dashboard_addr`]). Without it the daemon runs with `--no-dashboard`.
+    pub fn dashboard(mut self) -> Self {
+        self.dashboard = true;
+        self
     }
 
     /// Turns the MCP endpoint on, on a free loopback port (`--mcp-bind 127.0.0.1:0`; see
@@ -933,7 +961,8 @@ impl ServerBuilder {
     pub async fn spawn(self) -> anyhow::Result<Server> {
         let data = self.data.clone().unwrap_or_default();
         let launched = launch(&self, &data).await?;
-        let endpoint = Endpoint::read(launched.addr, launched.mcp, data.path())?;
+        let endpoint =
+            Endpoint::read(launched.addr, launched.mcp, launched.dashboard, data.path())?;
         Ok(Server {
             builder: self,
             data,
@@ -982,6 +1011,7 @@ struct Launched {
     pid: u32,
     addr: SocketAddr,
     mcp: Option<SocketAddr>,
+    dashboard: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
     stderr_done: JoinHandle<()>,
 }
@@ -1004,6 +1034,9 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
             command.arg("--mcp-bind").arg(bind);
         }
     }
+    if !builder.dashboard && !builder.args.iter().any(|a| a == "--no-dashboard") {
+        command.arg("--no-dashboard");
+    }
     command.args(&builder.args);
     let mut child = command
         .spawn()
@@ -1013,12 +1046,12 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
     let lines = Arc::new(Mutex::new(Vec::new()));
     let (listening, listen_line) = oneshot::channel();
     // Reads stderr for the daemon's whole life (a full pipe would block its logging).
-    // Start-up is over once both the listen line and the MCP line were printed.
+    // Start-up is over once the listen, MCP and dashboard lines were printed.
     let stderr_done = tokio::spawn({
         let lines = lines.clone();
         async move {
             let mut listening = Some(listening);
-            let (mut ws, mut mcp) = (None, None);
+            let (mut ws, mut mcp, mut dashboard) = (None, None, None);
             let mut reader = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 let line = strip_ansi(&line);
@@ -1028,16 +1061,19 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
                 if let Some(addr) = parse_mcp_line(&line) {
                     mcp = mcp.or(Some(addr));
                 }
-                if let (Some(ws), Some(mcp)) = (ws, mcp) {
+                if let Some(addr) = parse_dashboard_line(&line) {
+                    dashboard = dashboard.or(Some(addr));
+                }
+                if let (Some(ws), Some(mcp), Some(dashboard)) = (ws, mcp, dashboard) {
                     if let Some(tx) = listening.take() {
-                        let _ = tx.send((ws, mcp));
+                        let _ = tx.send((ws, mcp, dashboard));
                     }
                 }
                 lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         }
     });
-    let (addr, mcp) = match tokio::time::timeout(WAIT, listen_line).await {
+    let (addr, mcp, dashboard) = match tokio::time::timeout(WAIT, listen_line).await {
         Ok(Ok(addrs)) => addrs,
         outcome => {
             let status = match outcome {
@@ -1056,6 +1092,7 @@ async fn launch(builder: &ServerBuilder, data: &DataDir) -> anyhow::Result<Launc
         pid,
         addr,
         mcp,
+        dashboard,
         stderr: lines,
         stderr_done,
     })
@@ -1076,6 +1113,16 @@ pub fn parse_mcp_line(line: &str) -> Option<Option<SocketAddr>> {
     let marker = format!("{MCP_MARKER}http://");
     let rest = &line[line.find(&marker)? + marker.len()..];
     Some(Some(rest.strip_suffix("/mcp")?.parse().ok()?))
+}
+
+/// The dashboard's address in its start-up line: `Some(None)` for `dashboard: disabled`.
+pub fn parse_dashboard_line(line: &str) -> Option<Option<SocketAddr>> {
+    if line.ends_with(&format!("{DASHBOARD_MARKER}disabled")) {
+        return Some(None);
+    }
+    let marker = format!("{DASHBOARD_MARKER}http://");
+    let rest = &line[line.find(&marker)? + marker.len()..];
+    Some(Some(rest.split('/').next()?.parse().ok()?))
 }
 
 /// Removes ANSI escape sequences (in case the daemon colours its log).
@@ -1188,7 +1235,12 @@ impl Server {
             bail!("restart: the daemon is still running; stop or kill it first");
         }
         self.process = launch(&self.builder, &self.data).await?;
-        self.endpoint = Endpoint::read(self.process.addr, self.process.mcp, self.data.path())?;
+        self.endpoint = Endpoint::read(
+            self.process.addr,
+            self.process.mcp,
+            self.process.dashboard,
+            self.data.path(),
+        )?;
         self.exit = None;
         Ok(())
     }
@@ -1233,11 +1285,17 @@ impl InProcessServer {
         // Off unless a test turns it on (e.g. `Bind::Explicit` on port 0): tests run in
         // parallel, and MCP's default port is one for all of them.
         config.mcp_bind = car_gateway::http::Bind::Disabled;
+        config.dashboard_bind = car_gateway::http::Bind::Disabled;
         configure(&mut config);
         let daemon = Daemon::start(config, Stamper::system())
             .await
             .context("starting the daemon in process")?;
-        let endpoint = Endpoint::read(daemon.local_addr(), daemon.report().mcp, data.path())?;
+        let endpoint = Endpoint::read(
+            daemon.local_addr(),
+            daemon.report().mcp,
+            daemon.report().dashboard,
+            data.path(),
+        )?;
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(daemon.run(async move {
             let _ = stop.await;

@@ -82,6 +82,16 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             Some(addr) => tracing::info!("mcp: http://{addr}/mcp"),
             None => tracing::info!("mcp: disabled"),
         }
+        // The host token rides in the fragment, which browsers never send to a server.
+        let app = daemon.app();
+        match r.dashboard {
+            Some(addr) if app.config.auth => tracing::info!(
+                "dashboard: http://{addr}/#host_token={}",
+                app.tokens.host.expose()
+            ),
+            Some(addr) => tracing::info!("dashboard: http://{addr}/"),
+            None => tracing::info!("dashboard: disabled"),
+        }
         tracing::info!(
             "replayed {} events; adopted {} runs, evicted {} runs, closed {} sessions, expired {} approvals; ready in {:.3}s",
             r.events_replayed,

@@ -23,6 +23,13 @@ pub const DEFAULT_TOOL_TIMEOUT_SECS: u64 = 300;
 /// How long a connection may stay unauthenticated: a client authenticates in its first
 /// round trip; strangers must not hold connection slots (of `--max-connections`) forever.
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 30_000;
+/// The dashboard's address for a daemon on `port`: `127.0.0.1:<port + 1>` (PROTOCOL.md
+/// §17), loopback whatever `--listen` says; an ephemeral port for an ephemeral daemon.
+pub fn dashboard_addr(port: u16) -> SocketAddr {
+    let port = if port == 0 { 0 } else { port.saturating_add(1) };
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
 /// The resume lease (PROTOCOL.md §14.2 and §18: CAR's value): long enough for an agent
 /// to notice a dropped connection and reconnect, short enough that an abandoned run does
 /// not look alive for long.
@@ -130,6 +137,11 @@ pub struct Cli {
     /// Grace before a departed owner's runs end, in milliseconds (tests; protocol: 250).
     #[arg(long, hide = true, default_value_t = 250)]
     pub disconnect_grace_ms: u64,
+
+    /// No dashboard (PROTOCOL.md §17; it is on by default at 127.0.0.1:<port + 1>, or an
+    /// ephemeral port when --port is 0)
+    #[arg(long)]
+    pub no_dashboard: bool,
 
     /// Seconds a run in progress waits for its agent to come back with `runs.resume` after
     /// its last owner left, when that owner negotiated `runs.resume.v1` (PROTOCOL.md §14.2;
@@ -253,6 +265,8 @@ pub struct Config {
     pub auth_timeout: Duration,
     /// The MCP endpoint (PROTOCOL.md §16).
     pub mcp_bind: Bind,
+    /// The dashboard (PROTOCOL.md §17): loopback, port + 1, whatever `--listen` says.
+    pub dashboard_bind: Bind,
     /// A request still unanswered after this long gets `-32004` (calls that wait for
     /// people or tools by design, like proposals and approvals, have their own timeouts).
     pub handler_deadline: Duration,
@@ -292,6 +306,7 @@ impl Config {
             auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
             mcp_bind: Bind::Default(DEFAULT_MCP_BIND),
+            dashboard_bind: Bind::Default(dashboard_addr(DEFAULT_PORT)),
             memory_max_facts: car_projections::memory::decide::DEFAULT_MAX_FACTS,
             host_token: None,
             log: LogBackend::Sled,
@@ -413,6 +428,11 @@ impl Config {
         config.memory_max_facts = cli.memory_max_facts;
         config.host_token = host_token;
         config.log = log;
+        config.dashboard_bind = if cli.no_dashboard {
+            Bind::Disabled
+        } else {
+            Bind::Default(dashboard_addr(config.listen.port()))
+        };
         Ok(config)
     }
 
@@ -493,6 +513,22 @@ mod tests {
         );
         let cli = Cli::parse_from(["car-server", "--listen", "nope", "--data-dir", "/x"]);
         assert!(Config::from_cli(cli).is_err());
+    }
+
+    #[test]
+    fn the_dashboard_is_on_loopback_at_port_plus_one_unless_turned_off() {
+        let config = |args: &[&str]| {
+            let mut all = vec!["car-server", "--data-dir", "/x"];
+            all.extend_from_slice(args);
+            Config::from_cli(Cli::parse_from(all))
+                .unwrap()
+                .dashboard_bind
+        };
+        let at = |port| Bind::Default(SocketAddr::from(([127, 0, 0, 1], port)));
+        assert_eq!(config(&[]), at(9101));
+        assert_eq!(config(&["--listen", "0.0.0.0:7000"]), at(7001), "loopback");
+        assert_eq!(config(&["--port", "0"]), at(0), "ephemeral with the daemon");
+        assert_eq!(config(&["--no-dashboard"]), Bind::Disabled);
     }
 
     #[test]

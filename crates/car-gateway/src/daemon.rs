@@ -133,6 +133,8 @@ pub struct StartReport {
     pub elapsed: Duration,
     /// Where the MCP endpoint listens (`None`: disabled, or its default address was taken).
     pub mcp: Option<SocketAddr>,
+    /// Where the dashboard listens, if it does (PROTOCOL.md §17).
+    pub dashboard: Option<SocketAddr>,
     /// Which event log, for the start-up line (`sled in DIR`, or the stream and its URLs).
     pub log: String,
 }
@@ -307,6 +309,19 @@ impl Daemon {
                 return Err(err);
             }
         }
+        match http::bind("dashboard", app.config.dashboard_bind).await {
+            Ok(Some((listener, addr))) => http.push(http::Listener {
+                name: "dashboard",
+                listener,
+                addr,
+                router: http::dashboard::router(app.clone(), addr),
+            }),
+            Ok(None) => {}
+            Err(err) => {
+                abandon_start(&app, writer_thread).await;
+                return Err(err);
+            }
+        }
         let report = StartReport {
             listen,
             data_dir: app.config.data_dir.clone(),
@@ -320,6 +335,7 @@ impl Daemon {
             approvals_expired: summary.approvals_expired,
             elapsed: started.elapsed(),
             mcp: http.iter().find(|l| l.name == "mcp").map(|l| l.addr),
+            dashboard: http.iter().find(|l| l.name == "dashboard").map(|l| l.addr),
             log: log_line,
         };
         if clustered {

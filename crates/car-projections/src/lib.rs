@@ -16,6 +16,7 @@
 //! - [`memory`]: memory (PROTOCOL.md §11) as its own slice of the state: scopes of facts,
 //!   their BM25 index, their decisions, `query` and `build_context`;
 //! - [`access`]: who is asking ([`Actor`]);
+//! - [`timeline`]: a run's timeline for the dashboard (turns, tool calls, approvals);
 //! - [`synth`]: realistic synthetic histories for benchmarks and soak tests.
 
 pub mod access;
@@ -33,6 +34,7 @@ pub mod sessions;
 pub mod state;
 pub mod subscriptions;
 pub mod synth;
+pub mod timeline;
 pub mod tool_calls;
 pub mod trace;
 pub mod turns;

@@ -139,6 +139,7 @@ impl ServerProcess {
                     .into_iter()
                     .flatten(),
             )
+            .args((!spec.args.iter().any(|a| a == "--no-dashboard")).then_some("--no-dashboard"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

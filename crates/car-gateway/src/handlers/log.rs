@@ -7,6 +7,7 @@ use car_projections::decide::{Command, Subscribe, SubscriptionSelector, Unsubscr
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::app::App;
 use crate::reads::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::{self, RpcError};
 use crate::session::{Responder, Session};
@@ -36,61 +37,78 @@ struct ReadParams {
     kinds: Option<Vec<String>>,
 }
 
-/// `log.read`.
-pub(crate) async fn read(session: &mut Session, params: Value, responder: Responder) {
-    let prepared = require_host(session, "log.read").and_then(|()| {
-        let params: ReadParams = rpc::parse(params)?;
-        if let Some(kinds) = &params.kinds {
-            for (i, kind) in kinds.iter().enumerate() {
-                if !Event::KINDS.contains(&kind.as_str()) {
-                    return Err(RpcError::params(
-                        &format!("kinds[{i}]"),
-                        format!("unknown kind `{kind}`"),
-                    ));
-                }
+/// `log.read`'s params, checked: from where, how many, which kinds.
+#[derive(Debug, Clone)]
+pub(crate) struct LogRead {
+    from: Seq,
+    limit: usize,
+    kinds: Option<Vec<String>>,
+}
+
+/// Reads and checks `log.read`'s params (shared with the dashboard's `/api/events`).
+pub(crate) fn parse_read(params: Value) -> Result<LogRead, RpcError> {
+    let params: ReadParams = rpc::parse(params)?;
+    if let Some(kinds) = &params.kinds {
+        for (i, kind) in kinds.iter().enumerate() {
+            if !Event::KINDS.contains(&kind.as_str()) {
+                return Err(RpcError::params(
+                    &format!("kinds[{i}]"),
+                    format!("unknown kind `{kind}`"),
+                ));
             }
         }
-        let limit = match params.limit {
-            None => DEFAULT_READ_LIMIT,
-            Some(0) => return Err(RpcError::params("limit", "must be at least 1")),
-            Some(n) => n.min(MAX_READ_LIMIT),
-        };
-        Ok((params.from_seq.unwrap_or(1).max(1), limit, params.kinds))
+    }
+    let limit = match params.limit {
+        None => DEFAULT_READ_LIMIT,
+        Some(0) => return Err(RpcError::params("limit", "must be at least 1")),
+        Some(n) => n.min(MAX_READ_LIMIT),
+    };
+    Ok(LogRead {
+        from: params.from_seq.unwrap_or(1).max(1),
+        limit,
+        kinds: params.kinds,
+    })
+}
+
+/// `log.read`.
+pub(crate) async fn read(session: &mut Session, params: Value, responder: Responder) {
+    let prepared = require_host(session, "log.read").and_then(|()| parse_read(params));
+    session.reply_after_writes(responder, prepared, |app, read| async move {
+        read_log(&app, read).await
     });
-    session.reply_after_writes(
-        responder,
-        prepared,
-        |app, (from, limit, kinds)| async move {
-            let head = app.writer.durable().seq;
-            let log = app.writer.log().clone();
-            let (events, next) = read_blocking(move || {
-                let mut events = Vec::new();
-                let mut bytes = 0;
-                let mut next = from;
-                for item in log.read_from(from).take(MAX_SCAN) {
-                    let env = item?;
-                    // A page ends at the head, at `limit` events, or past the response size
-                    // cap (always holding at least one event); `next_seq` says where to go on.
-                    let full = bytes > MAX_RESPONSE_BYTES && !events.is_empty();
-                    if env.seq > head || events.len() == limit || full {
-                        break;
-                    }
-                    next = env.seq + 1;
-                    if kinds
-                        .as_ref()
-                        .is_none_or(|k| k.iter().any(|k| k == env.event.kind()))
-                    {
-                        let rendered = EventJson::from_envelope(&env);
-                        bytes += rendered.data.to_string().len() + 64;
-                        events.push(rendered);
-                    }
-                }
-                Ok::<_, car_events::LogError>((events, next))
-            })
-            .await?;
-            Ok(json!({"events": events, "next_seq": next, "head_seq": head}))
-        },
-    );
+}
+
+/// `log.read`'s result: a page of durable events, `next_seq` where to go on.
+pub(crate) async fn read_log(app: &App, read: LogRead) -> Result<Value, RpcError> {
+    let LogRead { from, limit, kinds } = read;
+    let head = app.writer.durable().seq;
+    let log = app.writer.log().clone();
+    let (events, next) = read_blocking(move || {
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut next = from;
+        for item in log.read_from(from).take(MAX_SCAN) {
+            let env = item?;
+            // A page ends at the head, at `limit` events, or past the response size
+            // cap (always holding at least one event); `next_seq` says where to go on.
+            let full = bytes > MAX_RESPONSE_BYTES && !events.is_empty();
+            if env.seq > head || events.len() == limit || full {
+                break;
+            }
+            next = env.seq + 1;
+            if kinds
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|k| k == env.event.kind()))
+            {
+                let rendered = EventJson::from_envelope(&env);
+                bytes += rendered.data.to_string().len() + 64;
+                events.push(rendered);
+            }
+        }
+        Ok::<_, car_events::LogError>((events, next))
+    })
+    .await?;
+    Ok(json!({"events": events, "next_seq": next, "head_seq": head}))
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,8 +18,10 @@
 //! - [`catch_panic`]: a handler that panics answers 500 `{"error": "internal error"}`;
 //!   nothing of the panic reaches the client.
 //!
-//! The endpoints themselves live in their own modules ([`mcp`]); nothing here knows MCP.
+//! The endpoints themselves live in their own modules ([`mcp`], [`dashboard`]); nothing
+//! here knows either.
 
+pub mod dashboard;
 pub mod mcp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -135,9 +137,12 @@ pub fn serve(listener: Listener, stopping: CancellationToken) -> JoinHandle<()> 
     } = listener;
     let router = router.layer(axum::middleware::from_fn(catch_panic));
     tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stopping.cancelled_owned())
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopping.cancelled_owned())
+        .await;
         if let Err(err) = served {
             tracing::error!(%err, "{name}: the HTTP listener failed");
         }

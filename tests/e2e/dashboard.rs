@@ -161,14 +161,21 @@ async fn the_api_serves_what_the_websocket_methods_answer_and_the_timeline() {
     let ws = host.ok("runs.list", json!({})).await;
     let strip = |mut v: Value| {
         for run in v["runs"].as_array_mut().unwrap() {
-            let kind = run.as_object_mut().unwrap().remove("termination_kind");
-            assert!(kind.is_some(), "{run}");
+            let fields = run.as_object_mut().unwrap();
+            assert!(fields.remove("termination_kind").is_some(), "{run:?}");
+            assert!(fields.remove("duration_ms").is_some(), "{run:?}");
         }
         v
     };
     assert_eq!(strip(listed.clone()), ws);
     assert_eq!(listed["runs"][0]["termination_kind"], "outcome");
+    assert!(listed["runs"][0]["duration_ms"].as_i64().unwrap() >= 0);
     assert_eq!(listed["runs"][1]["termination_kind"], Value::Null);
+    assert_eq!(
+        listed["runs"][1]["duration_ms"],
+        Value::Null,
+        "still running"
+    );
     let filtered = api(&server, "/api/runs?status=in_progress&limit=5").await;
     assert_eq!(filtered["runs"].as_array().unwrap().len(), 1);
 
@@ -253,4 +260,52 @@ async fn start_up_prints_the_dashboard_url_with_the_host_token_in_the_fragment()
             .iter()
             .any(|l| l.ends_with("dashboard: disabled"))
     );
+}
+
+#[tokio::test]
+async fn the_page_is_self_contained_with_a_csp_and_never_cached() {
+    let server = dashboard().await;
+    let page = get(&server, "/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    let ws = format!("ws://{}/", server.addr);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(csp.contains(&format!("connect-src 'self' {ws}")), "{csp}");
+    let html = page.text();
+    assert!(
+        html.contains(&format!("content=\"{ws}\"")),
+        "the page names its WS endpoint"
+    );
+    // Nothing from outside: every src and href is this origin's.
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            assert!(
+                part.starts_with('/'),
+                "{attr}{}",
+                &part[..part.len().min(40)]
+            );
+        }
+    }
+    for (path, kind) in [
+        ("/assets/dashboard.js", "text/javascript; charset=utf-8"),
+        ("/assets/dashboard.css", "text/css; charset=utf-8"),
+    ] {
+        let asset = get(&server, path, &[]).await;
+        assert_eq!(
+            (asset.status, asset.header("content-type")),
+            (200, Some(kind)),
+            "{path}"
+        );
+        assert!(
+            !asset.text().contains("http://") && !asset.text().contains("https://"),
+            "{path}"
+        );
+    }
+    // The page carries no token: it takes the host token from the fragment.
+    assert!(!html.contains(&server.host_token) && !html.contains(&server.auth_token));
 }

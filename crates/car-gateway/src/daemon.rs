@@ -314,7 +314,7 @@ impl Daemon {
                 name: "dashboard",
                 listener,
                 addr,
-                router: http::dashboard::router(app.clone(), addr),
+                router: http::dashboard::router(app.clone(), addr, listen),
             }),
             Ok(None) => {}
             Err(err) => {

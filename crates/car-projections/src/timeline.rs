@@ -45,10 +45,14 @@ pub fn termination_kind(run: &Run) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// A run's summary as the dashboard lists it: `runs.list`'s plus `termination_kind`.
+/// A run's summary as the dashboard lists it: `runs.list`'s plus `termination_kind` and
+/// `duration_ms` (start to end; null while it runs).
 pub fn summary(run: &Run) -> Value {
     let mut summary = trace::summary(run);
     summary["termination_kind"] = termination_kind(run);
+    summary["duration_ms"] = run.end.as_ref().map_or(Value::Null, |end| {
+        json!((end.ended_at - run.started_at).num_milliseconds().max(0))
+    });
     summary
 }
 

@@ -1,5 +1,6 @@
-//! The dashboard's HTTP side (PROTOCOL.md §17): `GET /auth-token` and the read-only JSON
-//! API under `/api/`, on `127.0.0.1:<port + 1>`.
+//! The dashboard (PROTOCOL.md §17) on `127.0.0.1:<port + 1>`: the page (`GET /`, its
+//! assets embedded from `assets/dashboard/`), `GET /auth-token` and the read-only JSON API
+//! under `/api/`.
 //!
 //! Every route first checks the `Host` header against the loopback names of the port it is
 //! served on (403 otherwise: a page of another origin that a DNS rebinding points at
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,19 +30,33 @@ use crate::handlers::{approvals, log, runs};
 use crate::reads::{MAX_RESPONSE_BYTES, read_blocking};
 use crate::rpc::RpcError;
 
+/// The page and its assets, embedded at build time (files in `assets/dashboard/`).
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("../../assets/dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../../assets/dashboard/dashboard.css");
+
 /// What the dashboard's routes share.
 #[derive(Debug, Clone)]
 struct Dashboard {
     app: Arc<App>,
     /// The port it is served on: the only one `Host` may name.
     port: u16,
+    /// The WebSocket endpoint the page follows live (`ws://127.0.0.1:<port>/` for a
+    /// wildcard listen address).
+    ws_url: String,
 }
 
-/// The dashboard's routes, served on `addr`.
-pub fn router(app: Arc<App>, addr: SocketAddr) -> Router {
+/// The dashboard's routes, served on `addr`, for the WebSocket endpoint on `ws`.
+pub fn router(app: Arc<App>, addr: SocketAddr, ws: SocketAddr) -> Router {
+    let ws_host = if ws.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], ws.port()))
+    } else {
+        ws
+    };
     let dashboard = Dashboard {
         app,
         port: addr.port(),
+        ws_url: format!("ws://{ws_host}/"),
     };
     let api = Router::new()
         .route("/api/runs", get(runs_list))
@@ -55,6 +70,9 @@ pub fn router(app: Arc<App>, addr: SocketAddr) -> Router {
             host_bearer,
         ));
     Router::new()
+        .route("/", get(page))
+        .route("/assets/dashboard.js", get(script))
+        .route("/assets/dashboard.css", get(style))
         .route("/auth-token", get(auth_token))
         .merge(api)
         .fallback(not_found)
@@ -98,6 +116,45 @@ async fn host_bearer(State(d): State<Dashboard>, request: Request, next: Next) -
 
 async fn not_found() -> HttpError {
     HttpError::not_found()
+}
+
+/// `GET /`: the page, with the WebSocket endpoint it follows; its CSP allows nothing but
+/// this origin and that endpoint.
+async fn page(State(d): State<Dashboard>) -> Response {
+    let html = INDEX_HTML.replace("{{WS_URL}}", &d.ws_url);
+    let csp = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self' {}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        d.ws_url
+    );
+    let mut response = asset(html, "text/html; charset=utf-8");
+    if let Ok(csp) = HeaderValue::from_str(&csp) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_SECURITY_POLICY, csp);
+    }
+    response
+}
+
+async fn script() -> Response {
+    asset(DASHBOARD_JS.to_owned(), "text/javascript; charset=utf-8")
+}
+
+async fn style() -> Response {
+    asset(DASHBOARD_CSS.to_owned(), "text/css; charset=utf-8")
+}
+
+/// A page or asset: its type, never cached (a daemon upgrade serves the new page).
+fn asset(body: String, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// `GET /auth-token` (CAR): the daemon token, to loopback peers of this origin only;
@@ -204,25 +261,17 @@ async fn runs_list(
                 .collect()
         })
         .unwrap_or_default();
-    let kinds = d
+    let summaries = d
         .app
         .writer
         .read(move |state| {
             ids.iter()
-                .map(|id| {
-                    state
-                        .run(id)
-                        .map_or(Value::Null, timeline::termination_kind)
-                })
+                .filter_map(|id| state.run(id).map(timeline::summary))
                 .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| internal(e.into()))?;
-    if let Some(runs) = answer["runs"].as_array_mut() {
-        for (run, kind) in runs.iter_mut().zip(kinds) {
-            run["termination_kind"] = kind;
-        }
-    }
+    answer["runs"] = Value::from(summaries);
     Ok(ok(&answer))
 }
 

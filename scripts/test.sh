@@ -5,7 +5,9 @@
 #    own setup scripts: the official MCP Python SDK in target/py-sdks
 #    (scripts/setup-python-sdks.sh), and a 3-node NATS JetStream cluster on 127.0.0.1 for
 #    the cluster-mode suites (scripts/nats-cluster.sh; its URLs go to the tests in
-#    CAR_TEST_NATS_URLS, and it is stopped, node by node by pid, when this script exits).
+#    CAR_TEST_NATS_URLS, and it is stopped, node by node by pid, when this script exits),
+#    and headless Chromium with a pinned playwright-core for the dashboard's browser test
+#    (scripts/setup-browser.sh: CAR_TEST_CHROMIUM, CAR_TEST_NODE_MODULES).
 # 2. Runs `cargo test --workspace` (extra arguments are passed on).
 # 3. Says which suites were skipped and why. A skipped suite is never counted as passed:
 #    the tests that need something missing print `SKIPPED <test>: <why>` and return.
@@ -36,6 +38,17 @@ else
         exit 1
     fi
     skipped+=("cluster suites: car-events jetstream::*, e2e cluster::* (the NATS cluster could not be started)")
+fi
+
+if browser="$(scripts/setup-browser.sh)"; then
+    export CAR_TEST_CHROMIUM="${browser%%$'\t'*}"
+    export CAR_TEST_NODE_MODULES="${browser#*$'\t'}"
+else
+    if [ "${CI:-}" = "true" ]; then
+        echo "scripts/test.sh: setting up headless Chromium failed" >&2
+        exit 1
+    fi
+    skipped+=("dashboard::in_headless_chromium_*, dashboard::with_10k_runs_* (headless Chromium could not be set up)")
 fi
 
 if [ "$(id -u)" != "0" ]; then

@@ -309,3 +309,188 @@ async fn the_page_is_self_contained_with_a_csp_and_never_cached() {
     // The page carries no token: it takes the host token from the fragment.
     assert!(!html.contains(&server.host_token) && !html.contains(&server.auth_token));
 }
+
+/// The browser test's tools (`scripts/setup-browser.sh`, run by `scripts/test.sh`), or why
+/// the test is skipped.
+fn browser() -> Option<(String, String)> {
+    match (
+        std::env::var("CAR_TEST_CHROMIUM"),
+        std::env::var("CAR_TEST_NODE_MODULES"),
+    ) {
+        (Ok(chromium), Ok(modules)) => Some((chromium, modules)),
+        _ => None,
+    }
+}
+
+/// Runs `tests/browser/dashboard.mjs` against `server`, following `run`, expecting `listed`
+/// in the runs list; `act` is called when the page waits for new turns. Screenshots go to
+/// `target/browser-screenshots/<shots>/`. Returns the driver's `KEY value` lines.
+async fn drive_page(
+    server: &Server,
+    shots: &str,
+    run: &str,
+    listed: &[&str],
+    act: impl AsyncFnOnce(),
+) -> Vec<(String, String)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (chromium, modules) = browser().expect("checked by the caller");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shots = root.join("target/browser-screenshots").join(shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let url = format!(
+        "http://{}/#host_token={}",
+        server.dashboard_addr(),
+        server.host_token
+    );
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/dashboard.mjs"))
+        .args(["--url", &url, "--run", run, "--expect", &listed.join(",")])
+        .arg("--shots")
+        .arg(&shots)
+        .env("CAR_TEST_CHROMIUM", chromium)
+        .env("CAR_TEST_NODE_MODULES", modules)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut act = Some(act);
+    let driven = async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            eprintln!("browser: {line}");
+            let (key, value) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            if key == "READY_FOR_TURNS" {
+                if let Some(act) = act.take() {
+                    act().await;
+                }
+                stdin.write_all(b"go\n").await.unwrap();
+                stdin.flush().await.unwrap();
+            }
+            seen.push((key.to_owned(), value.to_owned()));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), driven)
+        .await
+        .expect("the browser driver finished within 60 s");
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "the browser driver failed: {seen:?}");
+    eprintln!("screenshots in {}", shots.display());
+    seen
+}
+
+fn value<'a>(seen: &'a [(String, String)], key: &str) -> &'a str {
+    seen.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key} in {seen:?}"))
+}
+
+#[tokio::test]
+async fn in_headless_chromium_the_page_lists_runs_opens_a_timeline_and_follows_it_live() {
+    if browser().is_none() {
+        eprintln!(
+            "SKIPPED dashboard::in_headless_chromium_…: CAR_TEST_CHROMIUM / CAR_TEST_NODE_MODULES \
+             not set (scripts/setup-browser.sh; scripts/test.sh sets them)"
+        );
+        return;
+    }
+    let server = dashboard().await;
+    let mut agent = server.auth_agent("researcher").await;
+    agent.handshake().await;
+    let done = start(&mut agent, "researcher").await;
+    record(
+        &mut agent,
+        &done,
+        vec![json!({"tool": "search", "output": "ok"})],
+    )
+    .await;
+    complete(&mut agent, &done).await;
+    let run = start(&mut agent, "researcher").await;
+    record(
+        &mut agent,
+        &run,
+        vec![json!({"prompt": "find the incident", "tool": "search", "output": "3 hits"})],
+    )
+    .await;
+    agent
+        .submit(
+            json!({"id": "p-1", "actions": [{"id": "a1", "tool": "fetch_metrics"}]}),
+            |_| ToolAnswer::Result(json!({"p99_ms": 840})),
+        )
+        .await;
+    agent
+        .ok(
+            "host.request_approval",
+            json!({"action": "restart the database"}),
+        )
+        .await;
+    let seen = drive_page(&server, "timeline", &run, &[&run, &done], async || {
+        record(
+            &mut agent,
+            &run,
+            vec![json!({"tool": "summarise", "output": "done"})],
+        )
+        .await;
+    })
+    .await;
+    let timeline = value(&seen, "TIMELINE");
+    for kind in ["started", "turn", "tool_call", "approval"] {
+        assert!(timeline.split(',').any(|k| k == kind), "{kind}: {timeline}");
+    }
+    let before: usize = value(&seen, "READY_FOR_TURNS").parse().unwrap();
+    let after: usize = value(&seen, "LIVE_TURNS").parse().unwrap();
+    assert_eq!(after, before + 1, "the new turn appeared without a reload");
+    assert_eq!(value(&seen, "DONE"), "");
+    eprintln!("first paint: {}", value(&seen, "FIRST_PAINT_MS"));
+}
+
+#[tokio::test]
+async fn with_10k_runs_the_page_pages_the_list_and_paints_first_paint_printed() {
+    if browser().is_none() {
+        eprintln!(
+            "SKIPPED dashboard::with_10k_runs_…: CAR_TEST_CHROMIUM / CAR_TEST_NODE_MODULES not \
+             set (scripts/setup-browser.sh; scripts/test.sh sets them)"
+        );
+        return;
+    }
+    const RUNS: usize = 10_000;
+    const WRITERS: usize = 20;
+    let server = dashboard().await;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut client = server.auth_client().await;
+        writers.push(tokio::spawn(async move {
+            let mut last = String::new();
+            for i in 0..RUNS / WRITERS {
+                let started = client
+                    .ok(
+                        "runs.start",
+                        json!({"intent": format!("bulk run {w}-{i}"), "agent_id": format!("bulk-{w}")}),
+                    )
+                    .await;
+                last = started["run_id"].as_str().unwrap().to_owned();
+            }
+            (client, last)
+        }));
+    }
+    let mut clients = Vec::new();
+    for writer in writers {
+        clients.push(writer.await.unwrap());
+    }
+    let (mut client, newest) = clients.pop().unwrap();
+    let stats = api(&server, "/api/stats").await;
+    assert_eq!(stats["runs"]["in_progress"], RUNS);
+    let seen = drive_page(&server, "10k-runs", &newest, &[&newest], async || {
+        record(&mut client, &newest, vec![json!({"tool": "t"})]).await;
+    })
+    .await;
+    let rows: usize = value(&seen, "ROWS").parse().unwrap();
+    assert!(rows <= 50, "the list is paged server-side: {rows} rows");
+    eprintln!(
+        "with {RUNS} runs in the log: {}",
+        value(&seen, "FIRST_PAINT_MS")
+    );
+}

@@ -148,6 +148,7 @@ async function drawRun() {
   }
   const list = $("#timeline");
   list.replaceChildren();
+  list.dataset.run = runId;
   for (const item of items) {
     const status = item.detail?.status ?? "";
     const bar = el("div", { class: `bar ${item.kind} ${status}`, style: { left: pos(item.at) } });
@@ -189,7 +190,7 @@ const live = {
     const socket = new WebSocket(url);
     socket.addEventListener("open", () => {
       this.socket = socket;
-      this.send("session.auth", { token: state.token });
+      this.send("session.auth", { host_token: state.token });
       this.send("server.handshake", { protocol_version: 2 });
       this.send("host.subscribe", {});
       if (state.selected) this.send("runs.subscribe", { run_id: state.selected });
@@ -204,6 +205,7 @@ const live = {
         later("stats", () => loadStats().catch(console.error));
       } else if (frame.method === "runs.trace.event" && frame.params?.run_id === state.selected) {
         later("run", () => drawRun().catch(console.error));
+        later("runs", () => loadRuns().catch(console.error));
       }
     });
     socket.addEventListener("close", () => {
@@ -229,6 +231,9 @@ async function openApp() {
   await Promise.all([loadRuns(), loadApprovals(), loadStats()]);
   document.body.dataset.ready = "true";
   live.connect();
+  // A link to one run: `/?run=<run_id>`.
+  const linked = new URLSearchParams(location.search).get("run");
+  if (linked) await openRun(linked);
 }
 
 document.addEventListener("DOMContentLoaded", () => {

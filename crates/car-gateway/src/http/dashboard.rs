@@ -73,6 +73,8 @@ pub fn router(app: Arc<App>, addr: SocketAddr, ws: SocketAddr) -> Router {
         .route("/", get(page))
         .route("/assets/dashboard.js", get(script))
         .route("/assets/dashboard.css", get(style))
+        // Browsers ask for it unprompted; there is none, and saying so costs no 404.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/auth-token", get(auth_token))
         .merge(api)
         .fallback(not_found)

@@ -494,3 +494,24 @@ async fn with_10k_runs_the_page_pages_the_list_and_paints_first_paint_printed() 
         value(&seen, "FIRST_PAINT_MS")
     );
 }
+
+#[tokio::test]
+async fn with_auth_disabled_the_token_is_empty_and_the_api_asks_for_none() {
+    let server = builder()
+        .dashboard()
+        .args(["--no-auth"])
+        .spawn()
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let token = get(&server, "/auth-token", &[]).await;
+    assert_eq!((token.status, token.text().as_str()), (200, ""));
+    let stats = get(&server, "/api/stats", &[]).await;
+    assert_eq!(stats.status, 200, "{}", stats.text());
+    assert!(
+        server
+            .stderr()
+            .iter()
+            .any(|l| l.ends_with(&format!("dashboard: http://{}/", server.dashboard_addr()))),
+        "no fragment without a token"
+    );
+}

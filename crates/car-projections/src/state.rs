@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 
 use crate::access::Actor;
 use crate::approvals::Approvals;
-use crate::gateways::Gateways;
 pub use crate::approvals::{Approval, ApprovalStatus};
+use crate::gateways::Gateways;
 use crate::memory::Memory;
 pub use crate::proposals::Proposal;
 use crate::proposals::Proposals;

@@ -37,13 +37,14 @@ use std::sync::Once;
 use car_events::codec;
 use car_events::event::{
     ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, DaemonRecovered,
-    DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason,
-    MemoryFact, MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted,
-    ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role,
-    GatewayLost, RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted, RunResumed, RunStarted,
-    SessionAuthenticated, SessionClosed, SessionHalted, SessionOnGateway, SessionOpened, SubscriptionClosed,
-    SubscriptionOpened, SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted,
-    ToolCallDispatched, ToolCallFailed, ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
+    DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, GatewayLost, HaltCleared,
+    IncompleteReason, MemoryFact, MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded,
+    MemoryScopePersisted, ProposalActionFinished, ProposalFinished, ProposalResultRecorded,
+    ProposalSubmitted, Role, RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted,
+    RunResumed, RunStarted, SessionAuthenticated, SessionClosed, SessionHalted, SessionOnGateway,
+    SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
+    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
+    ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
 };
 use car_events::receipt::{self, CancelStatus, Receipt};
 use car_events::{
@@ -1644,8 +1645,10 @@ fn golden_v7() -> Vec<Envelope> {
             Event::from(TurnsRecorded {
                 run_id: s("run-a"),
                 base_index: 0,
-                turns: vec![j(json!({"tool": "es.reindex", "parameters": {"index": "docs"},
-                    "verifier_verdict": "not_run", "policy_rejected": false}))],
+                turns: vec![j(
+                    json!({"tool": "es.reindex", "parameters": {"index": "docs"},
+                    "verifier_verdict": "not_run", "policy_rejected": false}),
+                )],
             }),
         ),
         (

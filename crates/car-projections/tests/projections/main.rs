@@ -21,8 +21,8 @@
 mod apply;
 mod approvals;
 mod determinism;
-mod golden;
 mod gateways;
+mod golden;
 mod gwt;
 mod memory;
 mod ranking;

@@ -4,7 +4,9 @@
 //! both keep the rules of §3 (first terminal wins, contiguous turn indices); `log.read`
 //! is the same log from both; the start-up refusals of §19 exit 2; a gateway killed with
 //! SIGKILL is declared lost by the other, which ends its runs `incomplete`/`gateway_lost`
-//! unless they were resumed elsewhere first.
+//! unless they were resumed elsewhere first; with the whole cluster stopped, writes fail
+//! with `-32603` (the log is unavailable), reads keep working, and writes resume when it
+//! is back (on a cluster of the test's own, so the others are not disturbed).
 //!
 //! Skipped (with a `SKIPPED` line) unless `CAR_TEST_NATS_URLS` names the cluster, as
 //! scripts/test.sh does. Each test uses a stream of its own.
@@ -499,4 +501,130 @@ async fn a_run_resumed_on_the_surviving_gateway_before_the_lease_lapses_is_not_e
             json!({"run_id": run, "outcome": {"status": "success"}}),
         )
         .await;
+}
+
+/// A 3-node cluster of one test's own (scripts/nats-cluster.sh with its own directory and
+/// ports), stopped node by node by pid and removed when dropped.
+struct OwnCluster {
+    dir: std::path::PathBuf,
+}
+
+impl OwnCluster {
+    fn script(&self, command: &str) -> String {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nats-cluster.sh");
+        let out = std::process::Command::new(script)
+            .arg(command)
+            .env("CAR_NATS_CLUSTER_DIR", &self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nats-cluster.sh {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Starts a fresh one; returns it and its URLs.
+    fn start() -> (Self, String) {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let cluster = Self {
+            dir: std::env::temp_dir().join(format!("car-nats-own-{}", &unique[..12])),
+        };
+        let urls = cluster.script("start");
+        (cluster, urls)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cluster_down_writes_fail_reads_work_and_writes_resume_when_it_is_back() {
+    let test = "with_the_cluster_down_writes_fail_reads_work_and_writes_resume_when_it_is_back";
+    if cluster(test).is_none() {
+        return;
+    }
+    let (own, urls) = tokio::task::spawn_blocking(OwnCluster::start)
+        .await
+        .unwrap();
+    let gw = gateway(&urls, &stream_name("down"), "solo").await;
+    let mut agent = gw.auth_agent("steady").await;
+    let run = start(&mut agent, "steady").await;
+    assert_eq!(record(&mut agent, &run, turns("acked-before", 2)).await, 0);
+
+    let own = tokio::task::spawn_blocking(move || {
+        own.script("stop");
+        own
+    })
+    .await
+    .unwrap();
+    let refused = agent
+        .call(
+            "runs.record_turns",
+            json!({"run_id": run, "turns": turns("unacked", 1)}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, -32603, "{refused:?}");
+    assert!(
+        refused.message.contains("the event log is unavailable"),
+        "{refused:?}"
+    );
+    // Reads are served from the gateway's projection meanwhile.
+    let trace = full_trace(&mut agent, &run).await;
+    let prompts = |trace: &Value| -> Vec<String> {
+        trace["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["record"] == "turn")
+            .map(|r| r["prompt"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(prompts(&trace), ["acked-before-0", "acked-before-1"]);
+    let listed = agent.ok("runs.list", json!({"agent_id": "steady"})).await;
+    assert_eq!(listed["runs"][0]["turn_count"], 2, "{listed}");
+
+    let own = tokio::task::spawn_blocking(move || {
+        own.script("resume");
+        own
+    })
+    .await
+    .unwrap();
+    // The client retries as any client would after -32603; each refusal is the same.
+    let mut attempts = 0;
+    let base = loop {
+        attempts += 1;
+        match agent
+            .call(
+                "runs.record_turns",
+                json!({"run_id": run, "turns": turns("acked-after", 1)}),
+            )
+            .await
+        {
+            Ok(result) => break result["base_index"].as_u64().unwrap(),
+            Err(err) => {
+                assert_eq!(err.code, -32603, "{err:?}");
+                assert!(attempts < 20, "writes did not resume: {err:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let trace = full_trace(&mut agent, &run).await;
+    let after = prompts(&trace);
+    println!("writes resumed after {attempts} attempt(s); turns now {after:?}");
+    // Every acknowledged turn is there, in order, once; the refused one was never
+    // acknowledged, and the next turn's index follows what the log really holds.
+    assert_eq!(after.first().map(String::as_str), Some("acked-before-0"));
+    assert_eq!(after[1], "acked-before-1");
+    assert_eq!(after.last().map(String::as_str), Some("acked-after-0"));
+    assert_eq!(base as usize, after.len() - 1);
+    assert!(after.len() == 3 || (after.len() == 4 && after[2] == "unacked-0"));
+    drop(own);
 }

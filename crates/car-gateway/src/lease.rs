@@ -13,12 +13,17 @@
 //!   gateway that serves a session or holds a run in progress and has no heartbeat
 //!   ([`maintain`]), which ends its runs `incomplete`/`gateway_lost`.
 //!
+//! - A gateway judges others only after its own beats have succeeded for a whole lease:
+//!   after an outage of the cluster (or at its own start) every live gateway's heartbeat
+//!   may have lapsed meanwhile, and each needs up to a third of a lease to beat again.
+//!   Without that wait, the first gateway back would declare all the others lost.
+//!
 //! Why KV rather than the event log: a heartbeat every few seconds per gateway would grow
 //! the log forever with nothing worth auditing; KV keeps one message per key.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use car_events::event::Event;
@@ -55,6 +60,8 @@ pub struct Leases {
     /// The revision of our `maint` key while we hold it; 0 when we do not.
     revision: AtomicU64,
     holder: AtomicBool,
+    /// Since when every beat of this gateway succeeded (reset by a failed one).
+    healthy_since: parking_lot::Mutex<Instant>,
 }
 
 /// The bucket of a stream's leases: one per stream, so clusters of tests on one NATS
@@ -135,6 +142,7 @@ impl Leases {
             lease: cluster.gateway_lease,
             revision: AtomicU64::new(0),
             holder: AtomicBool::new(false),
+            healthy_since: parking_lot::Mutex::new(Instant::now()),
         })
     }
 
@@ -159,11 +167,21 @@ impl Leases {
             heartbeat_key(&self.gateway_id),
             self.gateway_id.clone().into(),
         );
-        match tokio::time::timeout(KV_TIMEOUT, put).await {
+        let beat = match tokio::time::timeout(KV_TIMEOUT, put).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
+        };
+        if beat.is_err() {
+            *self.healthy_since.lock() = Instant::now();
         }
+        beat
+    }
+
+    /// Whether this gateway's beats have succeeded for a whole lease, so that a missing
+    /// heartbeat of another gateway means it stopped beating (module docs).
+    pub fn may_judge(&self) -> bool {
+        self.healthy_since.lock().elapsed() >= self.lease
     }
 
     /// Takes or renews the maintenance lease; whether this gateway holds it now.
@@ -253,7 +271,7 @@ pub async fn maintain(app: Arc<App>, leases: Arc<Leases>) {
                 if holder { "taken" } else { "lost" }
             );
         }
-        if holder {
+        if holder && leases.may_judge() {
             declare_lost(&app, &leases).await;
         }
     }

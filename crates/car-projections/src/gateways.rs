@@ -7,9 +7,10 @@
 //! (`session.gateway`, and the session and run events that move the attribution) and its
 //! decisions:
 //! - [`gateway_lost`]: what the maintenance lease holder appends for a gateway whose
-//!   heartbeat lapsed: `gateway.lost`, then its tool calls cancelled, proposals failed,
-//!   subscriptions and sessions closed, pending approvals it asked for expired, and its
-//!   runs ended `incomplete`/`gateway_lost`;
+//!   heartbeat lapsed: `gateway.lost`, then its proposals cut off completed as after a
+//!   crash (§14.5: the call in flight `indeterminate`), its subscriptions and sessions
+//!   closed, pending approvals it asked for expired, and its runs ended
+//!   `incomplete`/`gateway_lost`;
 //! - [`gateway_stopped`]: the same for a clean stop (`daemon_shutdown`, §3.7/§9) or for a
 //!   gateway's own leftovers found at its start (`daemon_restart`), without `gateway.lost`.
 //!
@@ -141,23 +142,31 @@ fn abandon_gateway(state: &State, gateway_id: &str, reason: IncompleteReason) ->
     let why = reason.as_str();
     let gateways = state.gateways();
     let mine = |client_id: &str| gateways.of_session(client_id) == Some(gateway_id);
-    let mut events = Vec::new();
-    for call in state.tool_calls() {
-        if mine(&call.dispatch.client_id) {
-            events.push(Event::ToolCallCancelled(ToolCallCancelled {
-                request_id: call.dispatch.request_id.clone(),
-                reason: why.into(),
-            }));
+    // A clean stop abandons its calls in flight, as the one daemon's stop does (§9); a
+    // gateway that died (or whose previous life did) left them with unknown outcomes, which
+    // are completed as after a crash (§14.5): `indeterminate`, never dispatched again.
+    let mut events = if reason == IncompleteReason::DaemonShutdown {
+        let mut events = Vec::new();
+        for call in state.tool_calls() {
+            if mine(&call.dispatch.client_id) {
+                events.push(Event::ToolCallCancelled(ToolCallCancelled {
+                    request_id: call.dispatch.request_id.clone(),
+                    reason: why.into(),
+                }));
+            }
         }
-    }
-    for proposal in state.proposals() {
-        if mine(&proposal.client_id) {
-            events.push(Event::ProposalFinished(ProposalFinished {
-                proposal_id: proposal.proposal_id.clone(),
-                final_state: "failed".into(),
-            }));
+        for proposal in state.proposals() {
+            if mine(&proposal.client_id) {
+                events.push(Event::ProposalFinished(ProposalFinished {
+                    proposal_id: proposal.proposal_id.clone(),
+                    final_state: "failed".into(),
+                }));
+            }
         }
-    }
+        events
+    } else {
+        crate::recovery::complete_cut_off_proposals(state, mine)
+    };
     for sub in state.subscriptions() {
         if mine(&sub.client_id) {
             events.push(Event::SubscriptionClosed(SubscriptionClosed {

@@ -10,7 +10,7 @@
 use car_events::log::{JetStreamLog, JetStreamOptions};
 use car_events::{Envelope, EventLog};
 
-use crate::fixtures::{DataDir, car_replay, golden_envelopes};
+use crate::fixtures::{DataDir, car_replay, golden_envelopes, golden_v7_records};
 
 /// The cluster's URLs, or `None` after printing why the test is skipped.
 fn cluster(test: &str) -> Option<String> {
@@ -157,4 +157,21 @@ fn a_missing_stream_is_reported_and_not_created() {
     let again = car_replay(&["--nats", &urls, "--stream", &stream, "verify"]).expect(3);
     assert!(again.stderr.contains("no stream"), "{}", again.stderr);
     car_replay(&["--stream", &stream, "export", "--to", "/nonexistent"]).expect(64);
+}
+
+#[test]
+fn verify_and_trace_read_a_lost_gateway_and_its_gateway_lost_run() {
+    // Needs no cluster: the golden-v7 log as a data directory.
+    let data = DataDir::with_records(&golden_v7_records());
+    let report = data.run(&["verify", "--json"]).expect(0).json();
+    assert_eq!(report["ok"], true, "{report}");
+    let trace = data.run(&["trace", "run-a"]).expect(0).stdout;
+    assert!(trace.contains("incomplete: gateway_lost"), "{trace}");
+    let events = data
+        .run(&["events", "--kind", "gateway.lost"])
+        .expect(0)
+        .json_lines();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["gateway_id"], "gw-a");
+    assert_eq!(events[0]["data"]["declared_by"], "gw-b");
 }

@@ -4,6 +4,7 @@
 #   scripts/nats-cluster.sh start   # fresh cluster; prints the client URLs, comma-separated
 #   scripts/nats-cluster.sh urls    # prints the URLs of the running cluster
 #   scripts/nats-cluster.sh stop    # stops every node by its own pid
+#   scripts/nats-cluster.sh resume  # starts the stopped nodes again, stores kept (fault tests)
 #
 # - The binary comes from scripts/setup-nats.sh (pinned, hash-checked).
 # - Every node has `jetstream { sync_interval: always }`: a node fsyncs before it acks, so
@@ -30,7 +31,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${CAR_NATS_CLUSTER_DIR:-$root/target/nats/cluster}"
 
 usage() {
-    echo "usage: $0 start|stop|urls" >&2
+    echo "usage: $0 start|stop|resume|urls" >&2
     exit 64
 }
 
@@ -146,20 +147,33 @@ cluster {
 $routes  ]
 }
 EOF
-        # setsid: the node is not in the caller's process group, so a ^C in the shell that
-        # ran the tests does not kill it behind our back; `stop` ends it by its pid.
-        setsid "$nats" -c "$dir/n$i/nats.conf" >"$dir/n$i/log" 2>&1 </dev/null &
-        echo $! >"$dir/n$i/pid"
         echo "${monitor[i]}" >"$dir/n$i/monitor-port"
+        launch_node "$nats" "$i"
     done
+    (IFS=,; echo "${urls[*]}") >"$dir/cluster-urls"
+    wait_healthy
+}
 
+# Starts node $2 from its config (its store as it is) with binary $1, recording its pid.
+launch_node() {
+    # setsid: the node is not in the caller's process group, so a ^C in the shell that
+    # ran the tests does not kill it behind our back; `stop` ends it by its pid.
+    setsid "$1" -c "$dir/n$2/nats.conf" >>"$dir/n$2/log" 2>&1 </dev/null &
+    echo $! >"$dir/n$2/pid"
+}
+
+# Waits, bounded, until every node is healthy with a meta leader; then records and prints
+# the URLs. Stops the cluster and fails otherwise.
+wait_healthy() {
+    local i pid monitor deadline
     deadline=$((SECONDS + HEALTH_TIMEOUT_SECS))
     for i in $(seq 1 "$NODES"); do
-        until http_ok "http://127.0.0.1:${monitor[i]}/healthz?js-enabled-only=true" >/dev/null \
-            && meta_leader "${monitor[i]}"; do
+        monitor="$(cat "$dir/n$i/monitor-port")"
+        until http_ok "http://127.0.0.1:$monitor/healthz?js-enabled-only=true" >/dev/null \
+            && meta_leader "$monitor"; do
             pid="$(node_pid "$i")"
             if ! alive "$pid" || [ $SECONDS -ge $deadline ]; then
-                echo "nats-cluster.sh: node n$i (pid $pid, monitoring port ${monitor[i]}) is not healthy after ${HEALTH_TIMEOUT_SECS}s; its log ($dir/n$i/log) ends:" >&2
+                echo "nats-cluster.sh: node n$i (pid $pid, monitoring port $monitor) is not healthy after ${HEALTH_TIMEOUT_SECS}s; its log ($dir/n$i/log) ends:" >&2
                 tail -n 20 "$dir/n$i/log" >&2 || true
                 stop_cluster
                 exit 1
@@ -167,13 +181,29 @@ EOF
             sleep 0.2
         done
     done
-    (IFS=,; echo "${urls[*]}") >"$dir/urls"
+    cp "$dir/cluster-urls" "$dir/urls"
     cat "$dir/urls"
+}
+
+# Starts again every stopped node of the cluster last started here, with its store: what
+# it acknowledged before the stop is still there (a whole-cluster restart).
+resume_cluster() {
+    local nats i
+    nats="$("$root/scripts/setup-nats.sh")"
+    if [ ! -f "$dir/cluster-urls" ]; then
+        echo "nats-cluster.sh: no cluster to resume in $dir (scripts/nats-cluster.sh start)" >&2
+        exit 1
+    fi
+    for i in $(seq 1 "$NODES"); do
+        alive "$(node_pid "$i")" || launch_node "$nats" "$i"
+    done
+    wait_healthy
 }
 
 case "${1:-}" in
     start) start_cluster ;;
     stop) stop_cluster ;;
+    resume) resume_cluster ;;
     urls)
         if running; then
             cat "$dir/urls"

@@ -2,7 +2,11 @@
 //! NATS JetStream stream on the 3-node cluster of scripts/nats-cluster.sh. A run written
 //! through one gateway is read and followed live through the other; racing writes through
 //! both keep the rules of §3 (first terminal wins, contiguous turn indices); `log.read`
-//! is the same log from both; the start-up refusals of §19 exit 2.
+//! is the same log from both; the start-up refusals of §19 exit 2; a gateway killed with
+//! SIGKILL is declared lost by the other, which ends its runs `incomplete`/`gateway_lost`
+//! unless they were resumed elsewhere first; with the whole cluster stopped, writes fail
+//! with `-32603` (the log is unavailable), reads keep working, and writes resume when it
+//! is back (on a cluster of the test's own, so the others are not disturbed).
 //!
 //! Skipped (with a `SKIPPED` line) unless `CAR_TEST_NATS_URLS` names the cluster, as
 //! scripts/test.sh does. Each test uses a stream of its own.
@@ -35,7 +39,13 @@ fn stream_name(test: &str) -> String {
 
 /// One gateway on `stream`.
 async fn gateway(urls: &str, stream: &str, id: &str) -> Server {
+    gateway_with(urls, stream, id, &[]).await
+}
+
+/// One gateway on `stream`, with more arguments.
+async fn gateway_with(urls: &str, stream: &str, id: &str, more: &[&str]) -> Server {
     builder()
+        .args(more)
         .args([
             "--log",
             "jetstream",
@@ -354,4 +364,267 @@ async fn cluster_mode_refuses_to_start_without_shared_tokens_or_reachable_nats()
         stderr.contains("nats://127.0.0.1:1,nats://127.0.0.1:9"),
         "{stderr}"
     );
+}
+
+/// The heartbeat lease of the tests of a lost gateway: short, so they finish quickly, and
+/// long enough for a loaded 2-core machine to beat (three times per lease) in time.
+const TEST_LEASE_SECS: u64 = 3;
+
+/// Two gateways `a` and `b` on a fresh stream with [`TEST_LEASE_SECS`] leases; `a` starts
+/// first, so it holds the maintenance lease and `b` must take it over when `a` dies.
+async fn two_leased_gateways(urls: &str, test: &str) -> (Server, Server) {
+    let stream = stream_name(test);
+    let lease = TEST_LEASE_SECS.to_string();
+    let a = gateway_with(urls, &stream, "a", &["--gateway-lease", &lease]).await;
+    let b = gateway_with(urls, &stream, "b", &["--gateway-lease", &lease]).await;
+    (a, b)
+}
+
+/// Negotiates protocol 3 with `runs.resume.v1`.
+async fn resumable(client: &mut Client) {
+    client
+        .ok(
+            "server.handshake",
+            json!({"protocol_version": 3, "required_capabilities": ["runs.resume.v1"]}),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_with_a_run_in_progress_is_declared_lost_and_its_run_ends_gateway_lost() {
+    let test =
+        "a_gateway_killed_with_a_run_in_progress_is_declared_lost_and_its_run_ends_gateway_lost";
+    let Some(urls) = cluster(test) else {
+        return;
+    };
+    let (mut a, b) = two_leased_gateways(&urls, "lost").await;
+    let mut worker = a.auth_agent("worker").await;
+    let run = start(&mut worker, "worker").await;
+    record(&mut worker, &run, turns("before-the-kill", 2)).await;
+    let mut feed = log_feed(&b).await;
+    until_started(&mut feed, &run).await;
+    let mut host = b.auth_host().await;
+    let snapshot = host.ok("runs.subscribe", json!({"run_id": run})).await;
+    assert_eq!(snapshot["status"], "in_progress");
+
+    let killed = std::time::Instant::now();
+    a.kill().await.unwrap();
+    // No sleep: the `ended` event is the signal; the wait is bounded by the notification
+    // timeout of the client.
+    let events = events_until_ended(&mut host, &run).await;
+    let noticed = killed.elapsed();
+    let ended = &events.last().unwrap()["record"];
+    assert_eq!(
+        ended["termination"],
+        json!({"kind": "incomplete", "reason": "gateway_lost"}),
+        "{ended}"
+    );
+    assert_eq!(events.last().unwrap()["status"], "incomplete");
+    // The heartbeat lapses one lease after a's last beat; b may first have to wait out the
+    // maintenance lease a held (one more lease), then checks every third of a lease.
+    let bound = std::time::Duration::from_secs(2 * TEST_LEASE_SECS + 3);
+    println!("gateway declared lost {noticed:?} after SIGKILL (lease {TEST_LEASE_SECS} s)");
+    assert!(noticed < bound, "noticed after {noticed:?}");
+
+    let lost = feed
+        .next_notification_where("log.event", |e| e["kind"] == "gateway.lost")
+        .await
+        .unwrap();
+    assert_eq!(lost["data"]["gateway_id"], "a", "{lost}");
+    assert_eq!(lost["data"]["declared_by"], "b", "{lost}");
+    // The worker's session is closed as part of the declaration, so the agent may attach
+    // again, on the surviving gateway.
+    let mut again = b.auth_agent("worker").await;
+    let err = again
+        .err(
+            "runs.complete",
+            json!({"run_id": run, "outcome": {"status": "success"}}),
+        )
+        .await;
+    assert!(err.message.contains("already terminal"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumed_on_the_surviving_gateway_before_the_lease_lapses_is_not_ended() {
+    let test = "a_run_resumed_on_the_surviving_gateway_before_the_lease_lapses_is_not_ended";
+    let Some(urls) = cluster(test) else {
+        return;
+    };
+    let (mut a, b) = two_leased_gateways(&urls, "resumed").await;
+    let mut feed = log_feed(&b).await;
+    // A client session on `a` produces a run of agent `worker`, negotiating resume, so its
+    // departure leaves the run waiting for the agent (§14.2) in a's memory.
+    let mut producer = a.auth_client().await;
+    resumable(&mut producer).await;
+    let run = start(&mut producer, "worker").await;
+    record(&mut producer, &run, turns("before-the-kill", 1)).await;
+    // Another session keeps `a` serving something, so its loss is declared.
+    let _bystander = a.auth_client().await;
+    producer.close().await;
+    feed.next_notification_where("log.event", |e| e["kind"] == "session.closed")
+        .await
+        .unwrap();
+    a.kill().await.unwrap();
+
+    let mut worker = b.auth_agent("worker").await;
+    resumable(&mut worker).await;
+    let resumed = worker.ok("runs.resume", json!({"run_id": run})).await;
+    assert_eq!(resumed["run_id"], run);
+
+    let lost = feed
+        .next_notification_where("log.event", |e| e["kind"] == "gateway.lost")
+        .await
+        .unwrap();
+    assert_eq!(lost["data"]["gateway_id"], "a", "{lost}");
+    // Everything the declaration appended is in the log by now (one batch): the run is
+    // not among it.
+    let mut host = b.auth_host().await;
+    let trace = full_trace(&mut host, &run).await;
+    let records = trace["records"].as_array().unwrap();
+    assert!(
+        records.iter().all(|r| r["record"] != "ended"),
+        "{records:?}"
+    );
+    let after = host
+        .ok("log.read", json!({"from_seq": lost["seq"], "limit": 1000}))
+        .await;
+    for event in after["events"].as_array().unwrap() {
+        assert!(
+            event["kind"] != "run.ended" || event["data"]["run_id"] != run,
+            "{event}"
+        );
+    }
+    // The resumer still holds it and may end it.
+    worker
+        .ok(
+            "runs.complete",
+            json!({"run_id": run, "outcome": {"status": "success"}}),
+        )
+        .await;
+}
+
+/// A 3-node cluster of one test's own (scripts/nats-cluster.sh with its own directory and
+/// ports), stopped node by node by pid and removed when dropped.
+struct OwnCluster {
+    dir: std::path::PathBuf,
+}
+
+impl OwnCluster {
+    fn script(&self, command: &str) -> String {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nats-cluster.sh");
+        let out = std::process::Command::new(script)
+            .arg(command)
+            .env("CAR_NATS_CLUSTER_DIR", &self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nats-cluster.sh {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Starts a fresh one; returns it and its URLs.
+    fn start() -> (Self, String) {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let cluster = Self {
+            dir: std::env::temp_dir().join(format!("car-nats-own-{}", &unique[..12])),
+        };
+        let urls = cluster.script("start");
+        (cluster, urls)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cluster_down_writes_fail_reads_work_and_writes_resume_when_it_is_back() {
+    let test = "with_the_cluster_down_writes_fail_reads_work_and_writes_resume_when_it_is_back";
+    if cluster(test).is_none() {
+        return;
+    }
+    let (own, urls) = tokio::task::spawn_blocking(OwnCluster::start)
+        .await
+        .unwrap();
+    let gw = gateway(&urls, &stream_name("down"), "solo").await;
+    let mut agent = gw.auth_agent("steady").await;
+    let run = start(&mut agent, "steady").await;
+    assert_eq!(record(&mut agent, &run, turns("acked-before", 2)).await, 0);
+
+    let own = tokio::task::spawn_blocking(move || {
+        own.script("stop");
+        own
+    })
+    .await
+    .unwrap();
+    let refused = agent
+        .call(
+            "runs.record_turns",
+            json!({"run_id": run, "turns": turns("unacked", 1)}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, -32603, "{refused:?}");
+    assert!(
+        refused.message.contains("the event log is unavailable"),
+        "{refused:?}"
+    );
+    // Reads are served from the gateway's projection meanwhile.
+    let trace = full_trace(&mut agent, &run).await;
+    let prompts = |trace: &Value| -> Vec<String> {
+        trace["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["record"] == "turn")
+            .map(|r| r["prompt"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(prompts(&trace), ["acked-before-0", "acked-before-1"]);
+    let listed = agent.ok("runs.list", json!({"agent_id": "steady"})).await;
+    assert_eq!(listed["runs"][0]["turn_count"], 2, "{listed}");
+
+    let own = tokio::task::spawn_blocking(move || {
+        own.script("resume");
+        own
+    })
+    .await
+    .unwrap();
+    // The client retries as any client would after -32603; each refusal is the same.
+    let mut attempts = 0;
+    let base = loop {
+        attempts += 1;
+        match agent
+            .call(
+                "runs.record_turns",
+                json!({"run_id": run, "turns": turns("acked-after", 1)}),
+            )
+            .await
+        {
+            Ok(result) => break result["base_index"].as_u64().unwrap(),
+            Err(err) => {
+                assert_eq!(err.code, -32603, "{err:?}");
+                assert!(attempts < 20, "writes did not resume: {err:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let trace = full_trace(&mut agent, &run).await;
+    let after = prompts(&trace);
+    println!("writes resumed after {attempts} attempt(s); turns now {after:?}");
+    // Every acknowledged turn is there, in order, once; the refused one was never
+    // acknowledged, and the next turn's index follows what the log really holds.
+    assert_eq!(after.first().map(String::as_str), Some("acked-before-0"));
+    assert_eq!(after[1], "acked-before-1");
+    assert_eq!(after.last().map(String::as_str), Some("acked-after-0"));
+    assert_eq!(base as usize, after.len() - 1);
+    assert!(after.len() == 3 || (after.len() == 4 && after[2] == "unacked-0"));
+    drop(own);
 }

@@ -54,6 +54,9 @@ pub enum IncompleteReason {
     DaemonShutdown,
     /// A host cancelled it while no live session held it (`runs.cancel`, PROTOCOL.md §14.1).
     CancelledOrphan,
+    /// Cluster mode (PROTOCOL.md §19): the gateway that held it died (its heartbeat lapsed)
+    /// and another gateway declared it lost.
+    GatewayLost,
 }
 
 impl IncompleteReason {
@@ -64,6 +67,7 @@ impl IncompleteReason {
             IncompleteReason::DaemonRestart => "daemon_restart",
             IncompleteReason::DaemonShutdown => "daemon_shutdown",
             IncompleteReason::CancelledOrphan => "cancelled_orphan",
+            IncompleteReason::GatewayLost => "gateway_lost",
         }
     }
 }
@@ -601,6 +605,30 @@ pub struct ApprovalRequestedInRun {
     pub run_id: String,
 }
 
+/// Cluster mode (PROTOCOL.md §19): the session just opened is served by this gateway.
+/// Appended in the same batch as its `session.opened`, so every session (and through it
+/// every run it starts or resumes) can be told apart from other gateways' when its gateway
+/// stops or dies. A separate event rather than a field of `session.opened`, whose shape is
+/// frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOnGateway {
+    /// The session.
+    pub client_id: String,
+    /// The gateway serving it (`--gateway-id`).
+    pub gateway_id: String,
+}
+
+/// Cluster mode (PROTOCOL.md §19): a gateway's heartbeat lapsed; the maintenance lease
+/// holder declared it lost. Its sessions' closings and its runs' `gateway_lost` endings
+/// follow in the same batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayLost {
+    /// The gateway declared lost.
+    pub gateway_id: String,
+    /// The gateway that declared it (the maintenance lease holder).
+    pub declared_by: String,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -702,6 +730,10 @@ events! {
     RunResumed(RunResumed) = "run.resumed",
     /// An approval was requested by a session with a current run.
     ApprovalRequestedInRun(ApprovalRequestedInRun) = "approval.requested_in_run",
+    /// Cluster mode: a session is served by this gateway.
+    SessionOnGateway(SessionOnGateway) = "session.gateway",
+    /// Cluster mode: a gateway was declared lost.
+    GatewayLost(GatewayLost) = "gateway.lost",
 }
 
 impl Event {
@@ -731,6 +763,7 @@ impl Event {
             Event::SessionClosed(e) => Some(&e.client_id),
             Event::SessionHalted(e) => Some(&e.client_id),
             Event::HaltCleared(e) => Some(&e.client_id),
+            Event::SessionOnGateway(e) => Some(&e.client_id),
             Event::RunStarted(e) => e.client_id.as_deref(),
             Event::ToolCallDispatched(e) => Some(&e.client_id),
             Event::ApprovalRequested(e) => e.client_id.as_deref(),

@@ -40,6 +40,8 @@ pub struct App {
     pub turn_frames: Arc<TurnFrames>,
     /// The proposals running under each run, for `runs.cancel`.
     pub(crate) live_proposals: Arc<LiveProposals>,
+    /// Cluster mode: this gateway's heartbeat and maintenance lease (§19).
+    pub(crate) leases: Option<Arc<crate::lease::Leases>>,
 }
 
 /// A write whose events are durable.

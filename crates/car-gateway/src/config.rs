@@ -54,6 +54,12 @@ pub const DEFAULT_GATED_METHODS: &[&str] = &[
 /// The stream of cluster mode unless told otherwise (PROTOCOL.md §19).
 pub const DEFAULT_STREAM: &str = "CAR";
 
+/// Default `--gateway-lease` (PROTOCOL.md §19): a dead gateway is noticed within about
+/// this long; shorter risks declaring a gateway lost through a NATS leader election (its
+/// longest stall measured was ~7 s), longer leaves its runs
+/// hanging for longer.
+pub const DEFAULT_GATEWAY_LEASE_SECS: f64 = 10.0;
+
 /// Which event log (`--log`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogKind {
@@ -192,6 +198,11 @@ pub struct Cli {
     #[arg(long, action = ArgAction::SetTrue)]
     pub allow_unsafe_stream: bool,
 
+    /// Cluster mode: seconds after its last heartbeat that a gateway is declared lost and
+    /// its runs end `incomplete`/`gateway_lost` (fractions allowed)
+    #[arg(long, env = "CAR_GATEWAY_LEASE", value_name = "SECS", default_value_t = DEFAULT_GATEWAY_LEASE_SECS)]
+    pub gateway_lease: f64,
+
     /// Read the daemon token from this file instead of generating one (as CAR_AUTH_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -212,6 +223,8 @@ pub struct ClusterConfig {
     pub gateway_id: String,
     /// Whether a stream with fewer than 3 replicas is accepted.
     pub allow_unsafe_stream: bool,
+    /// How long a heartbeat (and the maintenance lease) lives without renewal.
+    pub gateway_lease: Duration,
 }
 
 /// Which event log the daemon runs on.
@@ -338,6 +351,12 @@ impl Config {
         {
             return Err("--resume-lease must be 0 to 86400 seconds".into());
         }
+        if !(cli.gateway_lease.is_finite()
+            && cli.gateway_lease >= 1.0
+            && cli.gateway_lease <= 3_600.0)
+        {
+            return Err("--gateway-lease must be 1 to 3600 seconds".into());
+        }
         if cli.gc_interval == 0 {
             return Err("--gc-interval must be at least 1 second".into());
         }
@@ -389,6 +408,7 @@ impl Config {
                             format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
                         }),
                     allow_unsafe_stream: cli.allow_unsafe_stream,
+                    gateway_lease: Duration::from_secs_f64(cli.gateway_lease),
                 })
             }
         };

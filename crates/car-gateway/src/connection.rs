@@ -70,11 +70,16 @@ pub(crate) fn config_for(app: &App) -> WebSocketConfig {
 pub(crate) async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, peer: SocketAddr) {
     let client_id = app.new_id();
     let auth_disabled = !app.config.auth;
-    let open = Command::OpenSession(OpenSession {
+    let session = OpenSession {
         client_id: client_id.clone(),
         peer: peer.to_string(),
         role: auth_disabled.then_some(Role::Client),
-    });
+    };
+    // Cluster mode: the session is recorded with its gateway (§19).
+    let open = match &app.leases {
+        Some(leases) => Command::OpenSessionOnGateway(session, leases.gateway_id().to_owned()),
+        None => Command::OpenSession(session),
+    };
     // While the log cannot take writes (a full disk) a session still opens, to read: its
     // opening is recorded before its first write (see `Session::unrecorded`).
     let (opened, unrecorded) = match app.execute(open.clone(), |_, _| ()).await {
@@ -336,7 +341,10 @@ async fn end_session(session: Session, ending: Ending) {
         // The shutdown records every session's end in one batch.
         return;
     }
-    if matches!(unrecorded.first(), Some(Command::OpenSession(_))) {
+    if matches!(
+        unrecorded.first(),
+        Some(Command::OpenSession(_) | Command::OpenSessionOnGateway(..))
+    ) {
         // Its opening never reached the log, nor anything after it: nothing to close.
         return;
     }

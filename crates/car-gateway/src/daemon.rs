@@ -6,11 +6,12 @@
 //! stream that other gateways write too. Then the data directory holds only the tokens,
 //! the memory sandbox and a lock file (one gateway per directory), and three things
 //! change, because the state also holds what *other live gateways* are doing:
-//! - start-up recovery only applies retention: runs in progress, open sessions and pending
-//!   approvals may belong to a live gateway, so none is ended (a dead gateway's are, in
-//!   part 2 of issue 10, by whoever holds the maintenance lease);
-//! - a clean stop closes this gateway's connections and records the stop, and ends nothing
-//!   of the others';
+//! - every session is recorded with its gateway (`session.gateway`), and start-up recovery
+//!   ends only what this gateway's previous life left (`daemon_restart`); retention runs
+//!   only on the holder of the maintenance lease, which also declares dead gateways lost
+//!   ([`crate::lease`]);
+//! - a clean stop ends this gateway's sessions and runs (`daemon_shutdown`, §3.7/§9),
+//!   records the stop, and ends nothing of the others';
 //! - every event another gateway appends wakes this gateway's subscribers of the runs and
 //!   approvals it touches ([`wake_for_foreign_events`]), as its own writes do.
 //!
@@ -25,12 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use car_events::event::{DaemonStarted, DaemonStopped, Event};
+use car_events::event::{DaemonStarted, DaemonStopped, Event, IncompleteReason};
 use car_events::log::{JetStreamLog, JetStreamOptions};
 use car_events::{
     EventLog, LogError, OpenOptions, ReplayError, SledLog, Stamper, TailRepair, Writer,
     WriterThread, replay,
 };
+use car_projections::gateways::gateway_stopped;
 use car_projections::{State, canonical, recovery};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -43,6 +45,7 @@ use crate::app::App;
 use crate::config::{ClusterConfig, Config, LogBackend};
 use crate::connection;
 use crate::http;
+use crate::lease::{self, Leases};
 use crate::notify::Notifier;
 use crate::tokens::Tokens;
 
@@ -173,6 +176,7 @@ impl Daemon {
                 source,
             })?;
         }
+        let mut leases = None;
         let (log, tail_repair, dir_lock, log_line): (Arc<dyn EventLog>, _, _, _) = match &config.log
         {
             LogBackend::Sled => {
@@ -202,6 +206,18 @@ impl Daemon {
             LogBackend::JetStream(cluster) => {
                 let lock = lock_data_dir(&data_dir)?;
                 let log = open_jetstream(cluster.clone()).await?;
+                // The heartbeat goes in before this gateway records anything, so no holder
+                // ever finds one of its sessions without it.
+                let held = Leases::connect(cluster)
+                    .await
+                    .map_err(|e| StartError::Cluster(LogError::Unavailable(e.to_string())))?;
+                if let Err(err) = held.beat().await {
+                    return Err(StartError::Cluster(LogError::Unavailable(format!(
+                        "gateway heartbeat: {err}"
+                    ))));
+                }
+                held.hold().await;
+                leases = Some(Arc::new(held));
                 let line = format!(
                     "jetstream stream {} at {} (gateway {})",
                     cluster.stream,
@@ -258,14 +274,23 @@ impl Daemon {
             data_dir: config.data_dir.display().to_string(),
             listen: listen.to_string(),
         };
+        let gateway = leases
+            .as_ref()
+            .map(|l| (l.gateway_id().to_owned(), l.holds_maintenance()));
         // Recovery is appended before anything else can happen: no connection exists yet.
         let recovered = writer
             .execute(move |state: &State| {
                 // Cluster mode: what is live may be another gateway's (module docs).
-                let recovered = if clustered {
-                    recovery::gc(state, now, &retention)
-                } else {
-                    recovery::recover(state, now, &retention)
+                let recovered = match &gateway {
+                    Some((me, holder)) => {
+                        let mut events =
+                            gateway_stopped(state, me, IncompleteReason::DaemonRestart);
+                        if *holder {
+                            events.extend(recovery::gc(state, now, &retention));
+                        }
+                        events
+                    }
+                    None => recovery::recover(state, now, &retention),
                 };
                 let summary = recovery::summarize(&recovered, events_replayed);
                 let mut events = Vec::with_capacity(recovered.len() + 2);
@@ -293,6 +318,7 @@ impl Daemon {
             stopping: CancellationToken::new(),
             turn_frames: Arc::default(),
             live_proposals: Arc::default(),
+            leases,
         });
         // The HTTP endpoints open after recovery (PROTOCOL.md §18).
         let mut http = Vec::new();
@@ -340,6 +366,9 @@ impl Daemon {
         };
         if clustered {
             tokio::spawn(wake_for_foreign_events(app.clone()));
+        }
+        if let Some(leases) = &app.leases {
+            tokio::spawn(lease::maintain(app.clone(), leases.clone()));
         }
         Ok(Self {
             app,
@@ -421,12 +450,15 @@ impl Daemon {
         {
             tracing::warn!("some connections did not close in time");
         }
-        let clustered = app.writer.log().is_shared();
+        let gateway = app.leases.as_ref().map(|l| l.gateway_id().to_owned());
         let stopped = app
-            .append(move |state| stop_events(state, "signal", clustered))
+            .append(move |state| stop_events(state, "signal", gateway.as_deref()))
             .await;
         if let Err(err) = &stopped {
             tracing::error!(%err, "could not record the shutdown");
+        }
+        if let Some(leases) = &app.leases {
+            leases.release().await;
         }
         app.writer.shutdown().await;
         writer_thread.join();
@@ -443,12 +475,15 @@ impl Daemon {
 /// Undoes a start that failed after recovery was recorded: records the stop (so the next
 /// start finds a clean history), stops the writer and removes the token files.
 async fn abandon_start(app: &Arc<App>, writer_thread: WriterThread) {
-    let clustered = app.writer.log().is_shared();
+    let gateway = app.leases.as_ref().map(|l| l.gateway_id().to_owned());
     if let Err(err) = app
-        .append(move |state| stop_events(state, "start-up failed", clustered))
+        .append(move |state| stop_events(state, "start-up failed", gateway.as_deref()))
         .await
     {
         tracing::error!(%err, "could not record the stop");
+    }
+    if let Some(leases) = &app.leases {
+        leases.release().await;
     }
     app.writer.shutdown().await;
     writer_thread.join();
@@ -520,15 +555,18 @@ async fn refuse(stream: TcpStream, app: &App) {
     .await;
 }
 
-/// What a stop appends: everything live ended (§9), or in cluster mode only the stop, since
-/// what is live may be another gateway's (module docs).
-fn stop_events(state: &State, reason: &str, clustered: bool) -> Vec<Event> {
-    if clustered {
-        vec![Event::DaemonStopped(DaemonStopped {
-            reason: reason.to_owned(),
-        })]
-    } else {
-        recovery::shutdown(state, reason)
+/// What a stop appends: everything live ended (§9), or in cluster mode (`gateway`: this
+/// gateway's id) only this gateway's sessions and runs, then the stop (module docs).
+fn stop_events(state: &State, reason: &str, gateway: Option<&str>) -> Vec<Event> {
+    match gateway {
+        Some(me) => {
+            let mut events = gateway_stopped(state, me, IncompleteReason::DaemonShutdown);
+            events.push(Event::DaemonStopped(DaemonStopped {
+                reason: reason.to_owned(),
+            }));
+            events
+        }
+        None => recovery::shutdown(state, reason),
     }
 }
 
@@ -599,12 +637,16 @@ async fn wake_for_foreign_events(app: Arc<App>) {
     }
 }
 
-/// Retention every `gc_interval`, as events.
+/// Retention every `gc_interval`, as events (in cluster mode, on the lease holder only).
 async fn gc_loop(app: Arc<App>) {
     let period = app.config.gc_interval;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         ticks.tick().await;
+        // Cluster mode: retention is the maintenance lease holder's (§19).
+        if app.leases.as_ref().is_some_and(|l| !l.holds_maintenance()) {
+            continue;
+        }
         let now = app.now();
         let retention = app.config.retention;
         match app

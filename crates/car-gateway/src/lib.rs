@@ -30,6 +30,7 @@ mod frames;
 mod gate;
 mod handlers;
 pub mod http;
+pub mod lease;
 mod live_proposals;
 pub mod notify;
 mod outbound;

@@ -122,6 +122,8 @@ pub enum Refusal {
 pub enum Command {
     /// A connection was accepted.
     OpenSession(OpenSession),
+    /// Cluster mode (§19): a connection was accepted by the gateway named second.
+    OpenSessionOnGateway(OpenSession, String),
     /// `session.auth` succeeded at the token level.
     Authenticate(Authenticate),
     /// A session ended.
@@ -184,6 +186,16 @@ pub enum Command {
 pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
     match command {
         Command::OpenSession(c) => Ok(open_session(c)),
+        Command::OpenSessionOnGateway(c, gateway_id) => {
+            let mut events = open_session(c);
+            events.push(Event::SessionOnGateway(
+                car_events::event::SessionOnGateway {
+                    client_id: c.client_id.clone(),
+                    gateway_id: gateway_id.clone(),
+                },
+            ));
+            Ok(events)
+        }
         Command::Authenticate(c) => authenticate(state, c),
         Command::CloseSession(c) => Ok(close_session(state, c)),
         Command::StartRun(c) => start_run(state, c),

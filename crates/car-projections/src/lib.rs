@@ -23,6 +23,7 @@ pub mod access;
 pub mod approvals;
 pub mod canonical;
 pub mod decide;
+pub mod gateways;
 pub mod halts;
 pub mod host_feed;
 pub mod memory;

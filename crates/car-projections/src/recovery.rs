@@ -104,7 +104,7 @@ pub fn summarize(events: &[Event], events_replayed: u64) -> DaemonRecovered {
 fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event> {
     let why = reason.as_str();
     let mut events = if reason == IncompleteReason::DaemonRestart {
-        complete_cut_off_proposals(state)
+        complete_cut_off_proposals(state, |_| true)
     } else {
         let mut events = Vec::new();
         for call in state.tool_calls() {
@@ -164,8 +164,14 @@ fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event
 /// `indeterminate`, the actions after it `skipped`, its result stored for
 /// `proposal.result`, and the indeterminate action added to its run as a turn (before the
 /// run ends `incomplete`).
-fn complete_cut_off_proposals(state: &State) -> Vec<Event> {
-    let mut calls: Vec<&ToolCall> = state.tool_calls().collect();
+///
+/// Only the proposals and calls of sessions `of` selects: every one at start-up, a lost or
+/// restarted gateway's in cluster mode ([`crate::gateways`]).
+pub(crate) fn complete_cut_off_proposals(state: &State, of: impl Fn(&str) -> bool) -> Vec<Event> {
+    let mut calls: Vec<&ToolCall> = state
+        .tool_calls()
+        .filter(|call| of(&call.dispatch.client_id))
+        .collect();
     calls.sort_by_key(|call| call.dispatched_seq);
     let indeterminate = |call: &ToolCall| {
         Event::ToolCallIndeterminate(ToolCallIndeterminate {
@@ -177,7 +183,7 @@ fn complete_cut_off_proposals(state: &State) -> Vec<Event> {
     // recovery cut short anywhere completes, at the next start, with exactly the rest.
     let mut events = Vec::new();
     let mut turns_added: HashMap<&str, u32> = HashMap::new();
-    for proposal in state.proposals() {
+    for proposal in state.proposals().filter(|p| of(&p.client_id)) {
         let mine: Vec<&ToolCall> = calls
             .iter()
             .copied()

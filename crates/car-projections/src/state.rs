@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use crate::access::Actor;
 use crate::approvals::Approvals;
 pub use crate::approvals::{Approval, ApprovalStatus};
+use crate::gateways::Gateways;
 use crate::memory::Memory;
 pub use crate::proposals::Proposal;
 use crate::proposals::Proposals;
@@ -237,6 +238,8 @@ pub struct State {
     host_feed: VecDeque<Seq>,
     /// Memory: its own slice, folded by [`Memory::apply`].
     memory: Memory,
+    /// Cluster mode: which gateway serves each session and holds each run in progress.
+    gateways: Gateways,
 }
 
 impl Fold for State {
@@ -372,8 +375,14 @@ impl State {
             | Event::MemoryFactDeleted(_)
             | Event::MemoryScopeLoaded(_)
             | Event::MemoryScopePersisted(_) => self.memory.apply(env)?,
+            // Folded below, with the attribution the events above move.
+            Event::SessionOnGateway(_) => {}
+            // A record for audits: the events that follow it do the ending.
+            Event::GatewayLost(_) => {}
         }
-        Ok(())
+        let sessions = &self.sessions;
+        self.gateways
+            .apply(env, |client_id| sessions.is_open(client_id))
     }
 }
 
@@ -548,5 +557,19 @@ impl State {
     /// Every stored proposal result: `(proposal id, principal, seq)`, by id.
     pub fn proposal_results(&self) -> impl Iterator<Item = (&str, &str, Seq)> {
         self.proposals.results()
+    }
+
+    /// Cluster mode: the gateway serving an open session, if known (§19).
+    pub fn session_gateway(&self, client_id: &str) -> Option<&str> {
+        self.gateways.of_session(client_id)
+    }
+
+    /// Cluster mode: the gateway holding a run in progress, if known (§19).
+    pub fn run_gateway(&self, run_id: &str) -> Option<&str> {
+        self.gateways.of_run(run_id)
+    }
+
+    pub(crate) fn gateways(&self) -> &Gateways {
+        &self.gateways
     }
 }

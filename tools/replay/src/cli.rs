@@ -27,6 +27,16 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
+    /// Cluster mode (PROTOCOL.md §19): read the log from this NATS JetStream cluster's
+    /// stream instead of a data directory. The stream is copied into a temporary sled log
+    /// first, which the command then reads as it reads any data directory.
+    #[arg(long, value_name = "URL[,URL…]", value_delimiter = ',', global = true)]
+    pub nats: Vec<String>,
+
+    /// The stream to read with --nats.
+    #[arg(long, value_name = "NAME", default_value = "CAR", global = true)]
+    pub stream: String,
+
     /// No progress bar (it is drawn only when stderr is a terminal anyway).
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -64,6 +74,18 @@ pub enum Command {
     /// Show a memory scope's live facts as they were at a seq, or list every scope.
     #[command(after_help = MEMORY_HELP)]
     Memory(MemoryArgs),
+    /// Copy a cluster's stream (--nats) into a sled log at DIR/log, which every other
+    /// command then reads offline with --data-dir DIR.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Export(ExportArgs),
+}
+
+/// `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The new data directory (it must not hold a log yet).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
 }
 
 const MEMORY_HELP: &str = "\

@@ -25,6 +25,8 @@ pub struct OpenLog {
     pub log_dir: PathBuf,
     /// The log, read-only.
     pub log: SledLog,
+    /// What reports name as the log read: its directory, or for `--nats` the stream.
+    pub shown: String,
 }
 
 /// The data directory: `given`, else `$CAR_HOME`, else `~/.car` (the daemon's rule,
@@ -74,6 +76,7 @@ pub fn open(data_dir: PathBuf) -> Result<OpenLog, Error> {
     };
     let log = SledLog::open(&log_dir, options).map_err(|err| open_error(&data_dir, err))?;
     Ok(OpenLog {
+        shown: log_dir.display().to_string(),
         data_dir,
         log_dir,
         log,

@@ -27,6 +27,7 @@ pub mod output;
 pub mod progress;
 pub mod replay;
 pub mod scan;
+pub mod stream;
 
 pub use cli::Cli;
 pub use exit::{Error, Exit};

@@ -104,6 +104,8 @@ pub struct JetStreamOptions {
     pub client_name: Option<String>,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// Audit only (`car-replay --nats`): a missing stream is an error rather than created.
+    pub read_only: bool,
 }
 
 impl JetStreamOptions {
@@ -116,6 +118,7 @@ impl JetStreamOptions {
             client_name: None,
             // A reachable server answers in milliseconds; a few seconds covers a busy one.
             connect_timeout: Duration::from_secs(5),
+            read_only: false,
         }
     }
 
@@ -513,6 +516,12 @@ async fn ensure_stream(
             if matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
                 if e.error_code().0 == code::STREAM_NOT_FOUND) =>
         {
+            if options.read_only {
+                return Err(LogError::Unfit(format!(
+                    "there is no stream {name} on NATS at {}",
+                    options.urls_text()
+                )));
+            }
             let mut config = wanted_config(&options);
             if options.allow_unsafe_stream {
                 // Development: whatever the cluster can place, up to three.

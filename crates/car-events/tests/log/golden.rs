@@ -37,13 +37,14 @@ use std::sync::Once;
 use car_events::codec;
 use car_events::event::{
     ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, DaemonRecovered,
-    DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, HaltCleared, IncompleteReason,
-    MemoryFact, MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded, MemoryScopePersisted,
-    ProposalActionFinished, ProposalFinished, ProposalResultRecorded, ProposalSubmitted, Role,
-    RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted, RunResumed, RunStarted,
-    SessionAuthenticated, SessionClosed, SessionHalted, SessionOpened, SubscriptionClosed,
-    SubscriptionOpened, SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted,
-    ToolCallDispatched, ToolCallFailed, ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
+    DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, GatewayLost, HaltCleared,
+    IncompleteReason, MemoryFact, MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded,
+    MemoryScopePersisted, ProposalActionFinished, ProposalFinished, ProposalResultRecorded,
+    ProposalSubmitted, Role, RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted,
+    RunResumed, RunStarted, SessionAuthenticated, SessionClosed, SessionHalted, SessionOnGateway,
+    SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
+    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
+    ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
 };
 use car_events::receipt::{self, CancelStatus, Receipt};
 use car_events::{
@@ -81,6 +82,7 @@ fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
         4 => Some(golden_v4),
         5 => Some(golden_v5),
         6 => Some(golden_v6),
+        7 => Some(golden_v7),
         _ => None,
     }
 }
@@ -1578,6 +1580,107 @@ fn golden_v6() -> Vec<Envelope> {
     envelopes
 }
 
+/// Fixture v7: cluster mode part 2 (PROTOCOL.md §19). Two gateways share the log; each
+/// session is attributed to its gateway (`session.gateway`); gateway `gw-a` dies with a
+/// run in progress, and `gw-b`, the lease holder, declares it lost (`gateway.lost`), closes
+/// its session and ends its run `incomplete`/`gateway_lost`. Self-contained: it names
+/// every event it needs, so other fixtures' generators may change around it.
+fn golden_v7() -> Vec<Envelope> {
+    let gateway_started = |pid: u32, listen: &str| {
+        Event::from(DaemonStarted {
+            version: s("0.7.0"),
+            pid,
+            data_dir: s("/var/lib/car"),
+            listen: s(listen),
+        })
+    };
+    let opened = |client_id: &str, gateway_id: &str| {
+        [
+            (
+                12,
+                Event::from(SessionOpened {
+                    client_id: s(client_id),
+                    peer: s("10.0.0.7:51000"),
+                    role: None,
+                    agent_id: None,
+                }),
+            ),
+            (
+                0,
+                Event::from(SessionOnGateway {
+                    client_id: s(client_id),
+                    gateway_id: s(gateway_id),
+                }),
+            ),
+            (
+                3,
+                Event::from(SessionAuthenticated {
+                    client_id: s(client_id),
+                    role: Role::Agent,
+                    agent_id: Some(format!("agent-{client_id}")),
+                }),
+            ),
+        ]
+    };
+    let mut events = vec![
+        (0, gateway_started(7101, "10.0.0.1:9100")),
+        (400, gateway_started(7202, "10.0.0.2:9100")),
+    ];
+    events.extend(opened("sess-a", "gw-a"));
+    events.extend(opened("sess-b", "gw-b"));
+    events.extend([
+        (
+            20,
+            Event::from(RunStarted {
+                run_id: s("run-a"),
+                agent_id: s("agent-sess-a"),
+                client_id: some("sess-a"),
+                intent: s("reindex the search cluster"),
+                outcome_description: None,
+                idempotency_key: None,
+            }),
+        ),
+        (
+            30,
+            Event::from(TurnsRecorded {
+                run_id: s("run-a"),
+                base_index: 0,
+                turns: vec![j(
+                    json!({"tool": "es.reindex", "parameters": {"index": "docs"},
+                    "verifier_verdict": "not_run", "policy_rejected": false}),
+                )],
+            }),
+        ),
+        (
+            10_500,
+            Event::from(GatewayLost {
+                gateway_id: s("gw-a"),
+                declared_by: s("gw-b"),
+            }),
+        ),
+        (
+            0,
+            Event::from(RunEnded {
+                run_id: s("run-a"),
+                agent_id: s("agent-sess-a"),
+                termination: Termination::Incomplete {
+                    reason: IncompleteReason::GatewayLost,
+                },
+            }),
+        ),
+        (
+            0,
+            Event::from(SessionClosed {
+                client_id: s("sess-a"),
+                role: Some(Role::Agent),
+                agent_id: some("agent-sess-a"),
+                reason: s("gateway_lost"),
+            }),
+        ),
+    ]);
+    stamp("2026-12-02T17:30:00.000Z", 20_261_207, events)
+}
+
 /// Puts the real receipt into each `run.cancellation_result`, from the request before it
 /// and the run's `ended` record (digested as `runs.get_trace` serves it).
 fn fill_receipts(envelopes: &mut [Envelope]) {
@@ -1998,6 +2101,7 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
                     IncompleteReason::DaemonRestart => s("IncompleteReason::DaemonRestart"),
                     IncompleteReason::DaemonShutdown => s("IncompleteReason::DaemonShutdown"),
                     IncompleteReason::CancelledOrphan => s("IncompleteReason::CancelledOrphan"),
+                    IncompleteReason::GatewayLost => s("IncompleteReason::GatewayLost"),
                 },
                 true,
             ),
@@ -2150,6 +2254,14 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
         | Event::ToolCallIndeterminate(ToolCallIndeterminate {
             request_id: _,
             error: _,
+        })
+        | Event::SessionOnGateway(SessionOnGateway {
+            client_id: _,
+            gateway_id: _,
+        })
+        | Event::GatewayLost(GatewayLost {
+            gateway_id: _,
+            declared_by: _,
         }) => vec![],
         Event::ProposalActionFinished(ProposalActionFinished {
             proposal_id: _,
@@ -2175,6 +2287,7 @@ const NESTED_VARIANTS: &[&str] = &[
     "IncompleteReason::DaemonRestart",
     "IncompleteReason::DaemonShutdown",
     "IncompleteReason::CancelledOrphan",
+    "IncompleteReason::GatewayLost",
     "Termination::Cancelled",
     "EvictionReason::Age",
     "EvictionReason::Count",

@@ -8,6 +8,7 @@
 //! - [`apply`]: the fold refuses contradictions (naming the seq) and is unchanged by them;
 //!   the refusal messages are the contract's;
 //! - [`recovery`]: start-up recovery, retention and shutdown, event by event;
+//! - [`gateways`]: cluster mode: a gateway declared lost, or stopping, ends only its own;
 //! - [`golden`]: committed JSONL logs replayed against reviewed expected states and
 //!   recoveries (`CAR_REWRITE_FIXTURES=1` rewrites them);
 //! - [`determinism`]: properties — replay is deterministic, the writer's live state is the
@@ -20,6 +21,7 @@
 mod apply;
 mod approvals;
 mod determinism;
+mod gateways;
 mod golden;
 mod gwt;
 mod memory;

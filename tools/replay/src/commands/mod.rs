@@ -15,6 +15,7 @@ use crate::datadir::{self, OpenLog};
 use crate::exit::{Error, Exit};
 use crate::replay::{self, ReplayOptions, Replayed};
 use crate::scan;
+use crate::stream;
 
 /// The global flags every command sees.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +65,34 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         quiet: cli.quiet,
         threads: cli.threads.map_or_else(scan::default_threads, usize::from),
     };
-    let log = datadir::open(datadir::resolve(cli.data_dir)?)?;
+    if let Command::Export(args) = &cli.command {
+        if cli.nats.is_empty() {
+            return Err(Error::Usage(
+                "export reads a cluster's stream: give --nats URL[,URL…]".into(),
+            ));
+        }
+        let events = stream::export(&cli.nats, &cli.stream, &args.to)?;
+        eprintln!(
+            "exported {events} events of stream {} into {}",
+            cli.stream,
+            args.to.join("log").display()
+        );
+        return Ok(Exit::Ok);
+    }
+    // Cluster mode: the stream's copy is audited as a data directory (crate::stream).
+    let copy = if cli.nats.is_empty() {
+        None
+    } else {
+        Some(stream::TempCopy::make(&cli.nats, &cli.stream)?)
+    };
+    let data_dir = match &copy {
+        Some(copy) => copy.path().to_path_buf(),
+        None => datadir::resolve(cli.data_dir)?,
+    };
+    let mut log = datadir::open(data_dir)?;
+    if copy.is_some() {
+        log.shown = format!("stream {} at {}", cli.stream, cli.nats.join(","));
+    }
     let result = match cli.command {
         Command::Runs(args) => runs::run(&log, &context, &args),
         Command::Trace(args) => trace::run(&log, &context, &args),
@@ -73,8 +101,14 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Verify(args) => verify::run(&log, &context, &args),
         Command::Stats(args) => stats::run(&log, &context, &args),
         Command::Memory(args) => memory::run(&log, &context, &args),
+        Command::Export(_) => Ok(Exit::Ok),
     };
-    leak(log);
+    if copy.is_some() {
+        // The copy is removed: its log must be closed first.
+        drop(log);
+    } else {
+        leak(log);
+    }
     result
 }
 

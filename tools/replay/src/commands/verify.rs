@@ -313,7 +313,7 @@ fn text_report(
     daemon: &str,
     ok: bool,
 ) -> Vec<String> {
-    let mut lines = vec![format!("verify {}", log.log_dir.display())];
+    let mut lines = vec![format!("verify {}", log.shown)];
     let size = log.log.size_on_disk();
     lines.push(format!(
         "  records   {} (seq 1 to {head}), {} on disk",

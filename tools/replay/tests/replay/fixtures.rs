@@ -33,6 +33,12 @@ pub(crate) fn golden_v6_records() -> Vec<(Seq, Vec<u8>)> {
     golden_records_of(6)
 }
 
+/// The golden-v7 fixture of car-events (cluster mode: sessions on gateways, a gateway
+/// declared lost and its run ended `gateway_lost`).
+pub(crate) fn golden_v7_records() -> Vec<(Seq, Vec<u8>)> {
+    golden_records_of(7)
+}
+
 /// The golden-v2 fixture's JSON rendering, one line per record.
 pub(crate) fn golden_v2_jsonl() -> String {
     std::fs::read_to_string(car_events_fixture("golden-v2.jsonl")).unwrap()

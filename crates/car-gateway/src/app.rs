@@ -40,6 +40,8 @@ pub struct App {
     pub turn_frames: Arc<TurnFrames>,
     /// The proposals running under each run, for `runs.cancel`.
     pub(crate) live_proposals: Arc<LiveProposals>,
+    /// The registered agents' live processes (PROTOCOL.md §12.3).
+    pub supervisor: crate::supervisor::Supervisor,
 }
 
 /// A write whose events are durable.

@@ -282,6 +282,7 @@ impl Daemon {
                 return Err(StartError::Recovery(err.to_string()));
             }
         };
+        let grace = config.agent_stop_grace;
         let app = Arc::new(App {
             config,
             writer,
@@ -291,6 +292,7 @@ impl Daemon {
             stopping: CancellationToken::new(),
             turn_frames: Arc::default(),
             live_proposals: Arc::default(),
+            supervisor: crate::supervisor::Supervisor::new(listen, grace),
         });
         // The HTTP endpoints open after recovery (PROTOCOL.md §18).
         let mut http = Vec::new();
@@ -325,6 +327,8 @@ impl Daemon {
         if clustered {
             tokio::spawn(wake_for_foreign_events(app.clone()));
         }
+        // After recovery recorded the agents it found running as exited (§12.3).
+        crate::supervisor::auto_start(&app).await;
         Ok(Self {
             app,
             listener,
@@ -405,6 +409,8 @@ impl Daemon {
         {
             tracing::warn!("some connections did not close in time");
         }
+        // Agents stop before the log closes (§12.3), their exits recorded.
+        crate::supervisor::stop_all(&app).await;
         let clustered = app.writer.log().is_shared();
         let stopped = app
             .append(move |state| stop_events(state, "signal", clustered))

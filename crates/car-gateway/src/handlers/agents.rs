@@ -1,5 +1,6 @@
 //! `agents.*` (PROTOCOL.md §12.4): registering agents, listing them, their health, their
-//! logs, and removing them.
+//! logs, starting and stopping their processes (through [`crate::supervisor`]), and
+//! removing them.
 //!
 //! The handlers do the I/O the decisions must not: they look at the spec's paths on disk
 //! ([`spec_facts`]), mint tokens and write their files, read log files. Whether a call is
@@ -10,9 +11,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use car_events::event::Event;
-use car_projections::agents::decide::{RemoveAgent, UpsertAgent};
+use car_projections::agents::decide::{RemoveAgent, StartAgent, StopAgent, UpsertAgent};
 use car_projections::agents::spec::{self, SpecFacts};
 use car_projections::agents::{AgentCommand, AgentRefusal, managed_agent};
 use car_projections::{Actor, Command, State};
@@ -21,6 +23,7 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::rpc::RpcError;
 use crate::session::{Responder, Session};
+use crate::supervisor;
 use crate::tokens::{self, Secret};
 
 /// The folder of agents' log files, under the data directory (§12.3).
@@ -178,7 +181,22 @@ pub(crate) async fn remove(session: &mut Session, params: Value, responder: Resp
                 agent_id: agent_id.clone(),
             }),
         )
-        .await?;
+        .await;
+        let events = match events {
+            Err(RpcError::Internal(message)) if message.contains("still has a running process") => {
+                // Stop the child first (§12.4), then remove.
+                stop_and_wait(&app, None, &agent_id, true).await?;
+                execute(
+                    &app,
+                    AgentCommand::Remove(RemoveAgent {
+                        actor: session.actor()?.clone(),
+                        agent_id: agent_id.clone(),
+                    }),
+                )
+                .await?
+            }
+            other => other?,
+        };
         let removed = !events.is_empty();
         if removed {
             if let Err(err) = tokens::remove_agent_token(&app.config.data_dir, &agent_id) {
@@ -186,6 +204,106 @@ pub(crate) async fn remove(session: &mut Session, params: Value, responder: Resp
             }
         }
         Ok(json!({"removed": removed}))
+    }
+    .await;
+    responder.send(result).await;
+}
+
+/// Records a stop and carries it out; returns once the process is reaped.
+async fn stop_and_wait(
+    app: &Arc<App>,
+    actor: Option<Actor>,
+    agent_id: &str,
+    kill: bool,
+) -> Result<(), RpcError> {
+    execute(
+        app,
+        AgentCommand::Stop(StopAgent {
+            actor,
+            agent_id: agent_id.to_owned(),
+            signal: if kill { "kill" } else { "term" }.to_owned(),
+        }),
+    )
+    .await?;
+    supervisor::terminate(app, agent_id, kill).await;
+    // The reaping task records the exit; wait for it to land (bounded).
+    for _ in 0..STOP_RECORD_POLLS {
+        let alive = app
+            .writer
+            .state()
+            .registered_agent(agent_id)
+            .is_some_and(|a| a.pid.is_some());
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Polls (10 ms apart) for a reaped process's exit to be recorded: the reaping task records
+/// it right after the reap, so 2 s is far more than it takes.
+const STOP_RECORD_POLLS: usize = 200;
+
+fn agent_or_unknown(app: &App, agent_id: &str) -> Result<Value, RpcError> {
+    managed(app, &app.writer.state(), agent_id, true).ok_or_else(|| {
+        car_projections::Refusal::Agent(AgentRefusal::Unknown(agent_id.to_owned())).into()
+    })
+}
+
+async fn start_agent(app: &Arc<App>, actor: Actor, agent_id: &str) -> Result<Value, RpcError> {
+    let events = execute(
+        app,
+        AgentCommand::Start(StartAgent {
+            actor,
+            agent_id: agent_id.to_owned(),
+        }),
+    )
+    .await?;
+    if !events.is_empty() {
+        supervisor::spawn(app, agent_id).await;
+    }
+    agent_or_unknown(app, agent_id)
+}
+
+/// `agents.start`: spawns the process (no-op if starting or running).
+pub(crate) async fn start(session: &mut Session, params: Value, responder: Responder) {
+    let result = async {
+        let actor = session.actor()?.clone();
+        let agent_id = agent_id_param(&params)?;
+        start_agent(&session.app, actor, &agent_id).await
+    }
+    .await;
+    responder.send(result).await;
+}
+
+/// `agents.stop {id, signal?}`.
+pub(crate) async fn stop(session: &mut Session, params: Value, responder: Responder) {
+    let result = async {
+        let actor = session.actor()?.clone();
+        let agent_id = agent_id_param(&params)?;
+        let kill = match params.get("signal") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) if s == "term" => false,
+            Some(Value::String(s)) if s == "kill" => true,
+            Some(_) => return Err(RpcError::params("signal", "must be \"term\" or \"kill\"")),
+        };
+        let app = session.app.clone();
+        stop_and_wait(&app, Some(actor), &agent_id, kill).await?;
+        agent_or_unknown(&app, &agent_id)
+    }
+    .await;
+    responder.send(result).await;
+}
+
+/// `agents.restart`: stop (`term`), then start.
+pub(crate) async fn restart(session: &mut Session, params: Value, responder: Responder) {
+    let result = async {
+        let actor = session.actor()?.clone();
+        let agent_id = agent_id_param(&params)?;
+        let app = session.app.clone();
+        stop_and_wait(&app, Some(actor.clone()), &agent_id, false).await?;
+        start_agent(&app, actor, &agent_id).await
     }
     .await;
     responder.send(result).await;

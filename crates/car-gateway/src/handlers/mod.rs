@@ -143,6 +143,9 @@ pub(crate) async fn route(
         "agents.list" => agents::list(session, params, responder).await,
         "agents.remove" => agents::remove(session, params, responder).await,
         "agents.health" => agents::health(session, params, responder).await,
+        "agents.start" => agents::start(session, params, responder).await,
+        "agents.stop" => agents::stop(session, params, responder).await,
+        "agents.restart" => agents::restart(session, params, responder).await,
         "agents.tail_log" => agents::tail_log(session, params, responder).await,
         other => {
             responder

@@ -2,6 +2,7 @@
 //! output through [`crate::output::Out`], and returns the exit code of a completed run;
 //! anything that stops it early is an [`Error`].
 
+pub mod agents;
 pub mod events;
 pub mod memory;
 pub mod runs;
@@ -73,6 +74,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Verify(args) => verify::run(&log, &context, &args),
         Command::Stats(args) => stats::run(&log, &context, &args),
         Command::Memory(args) => memory::run(&log, &context, &args),
+        Command::Agents(args) => agents::run(&log, &context, &args),
     };
     leak(log);
     result

@@ -2,6 +2,7 @@
 //! its parsed `--json` output, its exit codes and its messages. One test binary, one
 //! module per area.
 
+mod agents;
 mod daemon;
 mod damage;
 mod fixtures;

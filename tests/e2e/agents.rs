@@ -511,3 +511,43 @@ async fn every_12_1_breach_is_refused_with_its_field_and_the_roles_hold() {
         (Some("agent"), Some("rot"))
     );
 }
+
+#[tokio::test]
+async fn hosts_hear_of_registrations_status_changes_and_removals() {
+    let server = server(&[]).await;
+    let mut feed = server.auth_host().await;
+    feed.handshake().await;
+    let subscribed = feed.ok("host.subscribe", json!({})).await;
+    assert_eq!(subscribed["identity"]["manifest_role"], "owner");
+    assert!(subscribed["identity"]["manifest_path"].is_null());
+    let mut host = server.auth_host().await;
+    let mut spec = spec("eps", "serve");
+    spec["env"] = json!({"SECRET": "hunter2"});
+    register(&mut host, spec).await;
+    host.ok("agents.start", json!({"id": "eps"})).await;
+    host.ok("agents.remove", json!({"id": "eps"})).await;
+    let registered = feed
+        .next_notification_where("host.event", |e| e["kind"] == "agent.registered")
+        .await
+        .unwrap();
+    assert_eq!(registered["agent_id"], "eps");
+    assert_eq!(registered["payload"]["spec"]["id"], "eps");
+    assert!(
+        registered["payload"]["spec"].get("env").is_none(),
+        "{registered}"
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let changed = feed
+            .next_notification_where("host.event", |e| e["kind"] == "agent.status_changed")
+            .await
+            .unwrap();
+        statuses.push(changed["payload"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, ["starting", "running", "stopped"]);
+    let removed = feed
+        .next_notification_where("host.event", |e| e["kind"] == "agent.unregistered")
+        .await
+        .unwrap();
+    assert_eq!(removed["payload"]["id"], "eps");
+}

@@ -11,7 +11,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use car_events::event::Event;
 use car_projections::agents::decide::{RemoveAgent, StartAgent, StopAgent, UpsertAgent};
@@ -225,25 +224,10 @@ async fn stop_and_wait(
         }),
     )
     .await?;
+    // Returns once the process is reaped and its exit recorded.
     supervisor::terminate(app, agent_id, kill).await;
-    // The reaping task records the exit; wait for it to land (bounded).
-    for _ in 0..STOP_RECORD_POLLS {
-        let alive = app
-            .writer
-            .state()
-            .registered_agent(agent_id)
-            .is_some_and(|a| a.pid.is_some());
-        if !alive {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     Ok(())
 }
-
-/// Polls (10 ms apart) for a reaped process's exit to be recorded: the reaping task records
-/// it right after the reap, so 2 s is far more than it takes.
-const STOP_RECORD_POLLS: usize = 200;
 
 fn agent_or_unknown(app: &App, agent_id: &str) -> Result<Value, RpcError> {
     managed(app, &app.writer.state(), agent_id, true).ok_or_else(|| {

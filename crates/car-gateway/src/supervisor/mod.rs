@@ -179,8 +179,6 @@ pub(crate) async fn spawn(app: &Arc<App>, agent_id: &str) {
         for pump in pumps.into_iter().flatten() {
             let _ = tokio::time::timeout(PUMP_DRAIN, pump).await;
         }
-        app.supervisor.live.lock().remove(&agent_id);
-        let _ = reaped_tx.send(true);
         let exit = match status {
             Ok(status) => exit_of(status),
             Err(err) => {
@@ -188,18 +186,22 @@ pub(crate) async fn spawn(app: &Arc<App>, agent_id: &str) {
                 AgentExit::Signal { signal: 0 }
             }
         };
-        exited(app, agent_id, pid, exit).await;
+        // Recorded before anyone waiting in `terminate` is told: once a stop returns, the
+        // state already shows the process gone.
+        exited(&app, &agent_id, pid, exit).await;
+        app.supervisor.live.lock().remove(&agent_id);
+        let _ = reaped_tx.send(true);
     });
 }
 
 /// Records an exit and carries out what the pure rule decided: a backoff is slept out,
 /// then the restart is recorded and spawned.
-async fn exited(app: Arc<App>, agent_id: String, pid: u32, exit: AgentExit) {
+async fn exited(app: &Arc<App>, agent_id: &str, pid: u32, exit: AgentExit) {
     let now = app.now();
     let events = record(
-        &app,
+        app,
         AgentCommand::Exited {
-            agent_id: agent_id.clone(),
+            agent_id: agent_id.to_owned(),
             pid,
             exit,
             now,
@@ -212,6 +214,7 @@ async fn exited(app: Arc<App>, agent_id: String, pid: u32, exit: AgentExit) {
     {
         return;
     }
+    let (app, agent_id) = (app.clone(), agent_id.to_owned());
     tokio::spawn(async move {
         loop {
             let due = app
@@ -336,20 +339,8 @@ pub(crate) async fn stop_all(app: &Arc<App>) {
             terminate(&app, &agent_id, false).await;
         }
     });
+    // Each returns once its process is reaped and its exit recorded.
     futures::future::join_all(stops).await;
-    // Their exits are recorded by the reaping tasks; give those a moment to land.
-    for _ in 0..50 {
-        let pending = app
-            .writer
-            .state()
-            .registered_agents()
-            .iter()
-            .any(|a| a.pid.is_some());
-        if !pending {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// `PR_SET_PDEATHSIG`: the only way to have the kernel kill a child when the daemon dies

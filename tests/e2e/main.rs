@@ -26,8 +26,12 @@
 //! - [`memory`]: §11 memory: every method, limit and scope, the persist/load sandbox, the
 //!   cookbook flow across a SIGKILL;
 //! - [`mcp`]: §16 the MCP endpoint over raw HTTP and through the official Python SDK;
+//! - [`agents`]: §12 registered agents with real child processes: spawn, environment,
+//!   attach with the agent's token, logs, backoff, stop/kill/restart/remove, refusals,
+//!   roles, a daemon SIGKILL taking its agents with it;
 //! - [`cluster`]: §19 cluster mode: two gateways over one JetStream stream.
 
+mod agents;
 mod approvals;
 mod auth;
 mod cluster;

@@ -629,6 +629,149 @@ pub struct GatewayLost {
     pub declared_by: String,
 }
 
+/// A registered agent's status (PROTOCOL.md §12.1 `ManagedAgent.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// No process, and none will be started until asked.
+    Stopped,
+    /// Asked to start; the process is being spawned.
+    Starting,
+    /// Its process is alive.
+    Running,
+    /// Its process exited and a restart is scheduled.
+    Backoff,
+    /// Given up on: past `max_restarts`, or a spawn failed.
+    Errored,
+}
+
+impl AgentStatus {
+    /// The wire name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Stopped => "stopped",
+            AgentStatus::Starting => "starting",
+            AgentStatus::Running => "running",
+            AgentStatus::Backoff => "backoff",
+            AgentStatus::Errored => "errored",
+        }
+    }
+}
+
+/// How an agent's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentExit {
+    /// It exited with this code.
+    Code {
+        /// The exit code.
+        code: i32,
+    },
+    /// A signal ended it.
+    Signal {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The log shows it running at start-up: the daemon that supervised it is gone, and so
+    /// (by `PR_SET_PDEATHSIG`) is the process.
+    DaemonRestart,
+}
+
+/// `agents.upsert` registered an agent or replaced its spec (PROTOCOL.md §12.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUpserted {
+    /// The agent's id.
+    pub agent_id: String,
+    /// The `AgentSpec`, validated, as stored (`interpreter` already resolved).
+    pub spec: JsonText,
+    /// Lowercase hex SHA-256 of the token minted by this upsert (the first one of an id);
+    /// `None` when the id already had a token. The token itself is never logged.
+    pub token_sha256: Option<String>,
+    /// Who asked (a principal: `host`, `client`, …).
+    pub by: String,
+}
+
+/// An agent's token was replaced (`agents.upsert {rotate_token: true}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTokenRotated {
+    /// The agent.
+    pub agent_id: String,
+    /// Lowercase hex SHA-256 of the new token.
+    pub token_sha256: String,
+}
+
+/// `agents.remove` unregistered an agent (its process was stopped first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRemoved {
+    /// The agent.
+    pub agent_id: String,
+    /// Who asked.
+    pub by: String,
+}
+
+/// Someone asked for an agent's process to run (`agents.start`, `agents.restart`,
+/// `auto_start`). Resets its restart count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStartRequested {
+    /// The agent.
+    pub agent_id: String,
+    /// Who asked (`host`, `agent:<id>`, `daemon` for `auto_start`).
+    pub by: String,
+}
+
+/// Someone asked for an agent's process to stop; it is not restarted after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStopRequested {
+    /// The agent.
+    pub agent_id: String,
+    /// Who asked (`host`, `agent:<id>`, `daemon` at shutdown or removal).
+    pub by: String,
+    /// `"term"` (SIGTERM, SIGKILL after the grace) or `"kill"`.
+    pub signal: String,
+}
+
+/// An agent's process was spawned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentProcessSpawned {
+    /// The agent.
+    pub agent_id: String,
+    /// Its OS process id (and process group id).
+    pub pid: u32,
+}
+
+/// An agent's process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentProcessExited {
+    /// The agent.
+    pub agent_id: String,
+    /// The process that ended.
+    pub pid: u32,
+    /// How.
+    pub exit: AgentExit,
+}
+
+/// A restart of an agent was scheduled after an exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentBackoffScheduled {
+    /// The agent.
+    pub agent_id: String,
+    /// Its restart count once the restart happens.
+    pub restart_count: u32,
+    /// The wait, from this event's time, before the restart.
+    pub delay_ms: u64,
+}
+
+/// An agent's status changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatusChanged {
+    /// The agent.
+    pub agent_id: String,
+    /// The new status.
+    pub status: AgentStatus,
+    /// Why, in a few words (`"spawned"`, `"exited"`, `"max_restarts reached"`, …).
+    pub reason: String,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -734,6 +877,24 @@ events! {
     SessionOnGateway(SessionOnGateway) = "session.gateway",
     /// Cluster mode: a gateway was declared lost.
     GatewayLost(GatewayLost) = "gateway.lost",
+    /// An agent was registered or its spec replaced.
+    AgentUpserted(AgentUpserted) = "agent.upserted",
+    /// An agent's token was replaced.
+    AgentTokenRotated(AgentTokenRotated) = "agent.token_rotated",
+    /// An agent was unregistered.
+    AgentRemoved(AgentRemoved) = "agent.removed",
+    /// An agent's process was asked to run.
+    AgentStartRequested(AgentStartRequested) = "agent.start_requested",
+    /// An agent's process was asked to stop.
+    AgentStopRequested(AgentStopRequested) = "agent.stop_requested",
+    /// An agent's process was spawned.
+    AgentProcessSpawned(AgentProcessSpawned) = "agent.process_spawned",
+    /// An agent's process ended.
+    AgentProcessExited(AgentProcessExited) = "agent.process_exited",
+    /// An agent's restart was scheduled.
+    AgentBackoffScheduled(AgentBackoffScheduled) = "agent.backoff_scheduled",
+    /// An agent's status changed.
+    AgentStatusChanged(AgentStatusChanged) = "agent.status_changed",
 }
 
 impl Event {
@@ -776,6 +937,22 @@ impl Event {
             Event::MemoryFactDeleted(e) => e.client_id.as_deref(),
             Event::MemoryScopeLoaded(e) => e.client_id.as_deref(),
             Event::MemoryScopePersisted(e) => e.client_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The registered agent this event is about, for agent events (PROTOCOL.md §12).
+    pub fn registered_agent(&self) -> Option<&str> {
+        match self {
+            Event::AgentUpserted(e) => Some(&e.agent_id),
+            Event::AgentTokenRotated(e) => Some(&e.agent_id),
+            Event::AgentRemoved(e) => Some(&e.agent_id),
+            Event::AgentStartRequested(e) => Some(&e.agent_id),
+            Event::AgentStopRequested(e) => Some(&e.agent_id),
+            Event::AgentProcessSpawned(e) => Some(&e.agent_id),
+            Event::AgentProcessExited(e) => Some(&e.agent_id),
+            Event::AgentBackoffScheduled(e) => Some(&e.agent_id),
+            Event::AgentStatusChanged(e) => Some(&e.agent_id),
             _ => None,
         }
     }

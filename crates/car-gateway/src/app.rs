@@ -42,6 +42,8 @@ pub struct App {
     pub(crate) live_proposals: Arc<LiveProposals>,
     /// Cluster mode: this gateway's heartbeat and maintenance lease (§19).
     pub(crate) leases: Option<Arc<crate::lease::Leases>>,
+    /// The registered agents' live processes (PROTOCOL.md §12.3).
+    pub supervisor: crate::supervisor::Supervisor,
 }
 
 /// A write whose events are durable.

@@ -34,6 +34,9 @@ pub fn dashboard_addr(port: u16) -> SocketAddr {
 /// to notice a dropped connection and reconnect, short enough that an abandoned run does
 /// not look alive for long.
 pub const DEFAULT_RESUME_LEASE_SECS: f64 = 10.0;
+/// Default `--agent-stop-grace` (PROTOCOL.md §18): 5 s for an agent to finish its work on
+/// SIGTERM before SIGKILL.
+pub const DEFAULT_AGENT_STOP_GRACE_SECS: f64 = 5.0;
 /// Default address of the MCP endpoint (PROTOCOL.md §16, §18), whatever `--port` says.
 pub const DEFAULT_MCP_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9102);
 /// Default GC period (PROTOCOL.md §9).
@@ -155,6 +158,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESUME_LEASE_SECS)]
     pub resume_lease: f64,
 
+    /// Seconds a stopping agent gets between SIGTERM and SIGKILL (PROTOCOL.md §12.3;
+    /// fractions allowed)
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_AGENT_STOP_GRACE_SECS)]
+    pub agent_stop_grace: f64,
+
     /// BENCHMARKS ONLY, never in production: send `tools.execute` without waiting for
     /// its dispatch marker to be durable, so `car-bench` can measure what the markers'
     /// crash safety (PROTOCOL.md §14.5) costs side by side. A crash can then lose a
@@ -271,6 +279,8 @@ pub struct Config {
     pub disconnect_grace: Duration,
     /// The same, when the owner negotiated `runs.resume.v1` (§14.2: 10 s).
     pub resume_lease: Duration,
+    /// SIGTERM → SIGKILL grace of an agent stop (§12.3).
+    pub agent_stop_grace: Duration,
     /// Wait for each dispatch marker to be durable before `tools.execute` is sent
     /// (§14.5). Off only for the benchmark that measures the markers' cost.
     pub durable_dispatch: bool,
@@ -315,6 +325,7 @@ impl Config {
             idle_timeout: Duration::from_secs(90),
             disconnect_grace: Duration::from_millis(250),
             resume_lease: Duration::from_secs_f64(DEFAULT_RESUME_LEASE_SECS),
+            agent_stop_grace: Duration::from_secs_f64(DEFAULT_AGENT_STOP_GRACE_SECS),
             durable_dispatch: true,
             auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
@@ -344,6 +355,12 @@ impl Config {
         }
         if cli.memory_max_facts == 0 {
             return Err("--memory-max-facts must be at least 1".into());
+        }
+        if !(cli.agent_stop_grace.is_finite()
+            && cli.agent_stop_grace >= 0.0
+            && cli.agent_stop_grace <= 3_600.0)
+        {
+            return Err("--agent-stop-grace must be 0 to 3600 seconds".into());
         }
         if !(cli.resume_lease.is_finite()
             && cli.resume_lease >= 0.0
@@ -437,6 +454,7 @@ impl Config {
         config.idle_timeout = Duration::from_millis(cli.idle_timeout_ms.max(1));
         config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
         config.resume_lease = Duration::from_secs_f64(cli.resume_lease);
+        config.agent_stop_grace = Duration::from_secs_f64(cli.agent_stop_grace);
         config.durable_dispatch = !cli.bench_unmarked_dispatch;
         if cli.bench_unmarked_dispatch {
             tracing::warn!(

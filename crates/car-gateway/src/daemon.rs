@@ -309,6 +309,7 @@ impl Daemon {
                 return Err(StartError::Recovery(err.to_string()));
             }
         };
+        let grace = config.agent_stop_grace;
         let app = Arc::new(App {
             config,
             writer,
@@ -319,6 +320,7 @@ impl Daemon {
             turn_frames: Arc::default(),
             live_proposals: Arc::default(),
             leases,
+            supervisor: crate::supervisor::Supervisor::new(listen, grace),
         });
         // The HTTP endpoints open after recovery (PROTOCOL.md §18).
         let mut http = Vec::new();
@@ -370,6 +372,8 @@ impl Daemon {
         if let Some(leases) = &app.leases {
             tokio::spawn(lease::maintain(app.clone(), leases.clone()));
         }
+        // After recovery recorded the agents it found running as exited (§12.3).
+        crate::supervisor::auto_start(&app).await;
         Ok(Self {
             app,
             listener,
@@ -450,6 +454,8 @@ impl Daemon {
         {
             tracing::warn!("some connections did not close in time");
         }
+        // Agents stop before the log closes (§12.3), their exits recorded.
+        crate::supervisor::stop_all(&app).await;
         let gateway = app.leases.as_ref().map(|l| l.gateway_id().to_owned());
         let stopped = app
             .append(move |state| stop_events(state, "signal", gateway.as_deref()))

@@ -39,6 +39,7 @@ mod reads;
 pub mod rpc;
 mod sandbox;
 mod session;
+pub mod supervisor;
 mod tail;
 pub mod tokens;
 mod tools;

@@ -108,6 +108,8 @@ impl From<Refusal> for RpcError {
                 RpcError::InvalidParams(message)
             }
             Refusal::Memory(_) => RpcError::Internal(message),
+            Refusal::Agent(agent) if agent.is_invalid_params() => RpcError::InvalidParams(message),
+            Refusal::Agent(_) => RpcError::Internal(message),
         }
     }
 }

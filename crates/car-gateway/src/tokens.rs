@@ -55,6 +55,48 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Lowercase hex SHA-256 of the token: what the log keeps of an agent token.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+/// Whether `offered`'s SHA-256 is `expected_hex` (an agent token's hash from the log),
+/// compared in constant time.
+pub fn hash_matches(expected_hex: &str, offered: &str) -> bool {
+    let Ok(expected) = hex::decode(expected_hex) else {
+        return false;
+    };
+    let offered = Sha256::digest(offered.as_bytes());
+    expected.as_slice().ct_eq(offered.as_slice()).into()
+}
+
+/// The folder of the agent token files (PROTOCOL.md §12.2).
+pub const AGENT_TOKEN_DIR: &str = "agents";
+
+/// Where an agent's token file is: `DATA_DIR/agents/<id>.token`. Agent ids cannot hold
+/// `/` or be `.`/`..` (§12.1), so the path stays in the folder.
+pub fn agent_token_path(data_dir: &Path, agent_id: &str) -> PathBuf {
+    data_dir
+        .join(AGENT_TOKEN_DIR)
+        .join(format!("{agent_id}.token"))
+}
+
+/// Writes an agent's token file (0600, atomically), creating the folder (0700).
+pub fn write_agent_token(data_dir: &Path, agent_id: &str, token: &Secret) -> std::io::Result<()> {
+    let dir = data_dir.join(AGENT_TOKEN_DIR);
+    fs::create_dir_all(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    write_secret(&agent_token_path(data_dir, agent_id), token)
+}
+
+/// Deletes an agent's token file (`agents.remove`); a missing one is fine.
+pub fn remove_agent_token(data_dir: &Path, agent_id: &str) -> std::io::Result<()> {
+    match fs::remove_file(agent_token_path(data_dir, agent_id)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
 }
 
 /// The two tokens and where they are written.
@@ -144,6 +186,25 @@ mod tests {
         assert_ne!(tokens.auth.expose(), tokens.host.expose());
         tokens.remove();
         assert!(!tokens.auth_path.exists() && !tokens.host_path.exists());
+    }
+
+    #[test]
+    fn agent_tokens_are_0600_files_and_only_their_hash_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Secret::generate();
+        write_agent_token(dir.path(), "a.b-c", &token).unwrap();
+        let path = agent_token_path(dir.path(), "a.b-c");
+        assert_eq!(read_token(&path).unwrap(), token.expose());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let hash = token.sha256_hex();
+        assert_eq!(hash.len(), 64);
+        assert!(hash_matches(&hash, token.expose()));
+        assert!(!hash_matches(&hash, &token.expose()[1..]));
+        assert!(!hash_matches("not hex", token.expose()));
+        remove_agent_token(dir.path(), "a.b-c").unwrap();
+        assert!(!path.exists());
+        remove_agent_token(dir.path(), "a.b-c").unwrap();
     }
 
     #[test]

@@ -18,6 +18,8 @@
 
 use car_events::event::{Event, ProposalFinished, ProposalSubmitted};
 
+pub use crate::agents::{AgentCommand, AgentRefusal};
+
 pub use crate::approvals::{ExpireApproval, RequestApproval, ResolveApproval};
 use crate::approvals::{expire_approval, request_approval, resolve_approval};
 use crate::memory::{self, MemoryRefusal};
@@ -115,6 +117,9 @@ pub enum Refusal {
     /// the contract's, word for word.
     #[error(transparent)]
     Memory(#[from] MemoryRefusal),
+    /// An agents refusal (`-32602` or `-32603`, see [`AgentRefusal::is_invalid_params`]).
+    #[error(transparent)]
+    Agent(#[from] AgentRefusal),
 }
 
 /// Every write of the protocol.
@@ -180,11 +185,14 @@ pub enum Command {
     MemoryLoad(memory::LoadScope),
     /// `memory.persist` wrote its snapshot.
     MemoryPersisted(memory::RecordPersist),
+    /// `agents.*` and the supervisor's records (PROTOCOL.md §12).
+    Agent(AgentCommand),
 }
 
 /// Decides a command against the state.
 pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
     match command {
+        Command::Agent(c) => Ok(crate::agents::decide::decide(state.registered_agents(), c)?),
         Command::OpenSession(c) => Ok(open_session(c)),
         Command::OpenSessionOnGateway(c, gateway_id) => {
             let mut events = open_session(c);

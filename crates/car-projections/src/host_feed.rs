@@ -31,7 +31,12 @@ pub fn is_host_event(event: &Event) -> bool {
         | Event::ApprovalRequested(_)
         | Event::ApprovalRequestedInRun(_)
         | Event::ApprovalResolved(_)
-        | Event::ApprovalExpired(_) => true,
+        | Event::ApprovalExpired(_)
+        | Event::AgentRemoved(_)
+        | Event::AgentStatusChanged(_) => true,
+        // The first upsert of an id (the one that mints its token) registers it; later
+        // ones replace its spec, which hosts are not told about (§12.4 names no kind).
+        Event::AgentUpserted(e) => e.token_sha256.is_some(),
         Event::SessionOpened(SessionOpened { role, .. }) => role.is_some(),
         Event::SessionClosed(SessionClosed { role, .. }) => role.is_some(),
         _ => false,
@@ -199,6 +204,31 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
                 approval_json(&approval),
             )
         }
+        Event::AgentUpserted(e) => {
+            // The spec as registered, without `env` (§12.4: it may hold secrets).
+            let mut spec = e.spec.to_value();
+            if let Some(obj) = spec.as_object_mut() {
+                obj.remove("env");
+            }
+            (
+                "agent.registered",
+                Some(e.agent_id.clone()),
+                format!("agent {} registered", e.agent_id),
+                json!({"spec": spec, "status": "stopped", "restart_count": 0}),
+            )
+        }
+        Event::AgentRemoved(e) => (
+            "agent.unregistered",
+            Some(e.agent_id.clone()),
+            format!("agent {} unregistered", e.agent_id),
+            json!({"id": e.agent_id, "by": e.by}),
+        ),
+        Event::AgentStatusChanged(e) => (
+            "agent.status_changed",
+            Some(e.agent_id.clone()),
+            format!("agent {} {} ({})", e.agent_id, e.status.as_str(), e.reason),
+            json!({"id": e.agent_id, "status": e.status.as_str(), "reason": e.reason}),
+        ),
         _ => return None,
     };
     let mut out = Map::new();
@@ -231,7 +261,12 @@ pub fn visible(actor: &Actor, state: &State, env: &Envelope) -> bool {
     }
     let own_agent = |agent_id: &str| actor.bound_agent() == Some(agent_id);
     match &env.event {
-        Event::DaemonStarted(_) | Event::DaemonRecovered(_) => true,
+        // Every role may list agents (§12.4), so every role may hear of them.
+        Event::DaemonStarted(_)
+        | Event::DaemonRecovered(_)
+        | Event::AgentUpserted(_)
+        | Event::AgentRemoved(_)
+        | Event::AgentStatusChanged(_) => true,
         Event::SessionOpened(e) => e.client_id == actor.client_id,
         Event::SessionAuthenticated(e) => e.client_id == actor.client_id,
         Event::SessionClosed(e) => e.client_id == actor.client_id,

@@ -15,11 +15,14 @@
 //! - [`host_feed`]: the host feed's events, their wire shape and who may see them;
 //! - [`memory`]: memory (PROTOCOL.md §11) as its own slice of the state: scopes of facts,
 //!   their BM25 index, their decisions, `query` and `build_context`;
+//! - [`agents`]: registered agents (PROTOCOL.md §12) as their own slice: specs, tokens'
+//!   hashes, supervision status, their decisions and the supervisor's pure restart rule;
 //! - [`access`]: who is asking ([`Actor`]);
 //! - [`timeline`]: a run's timeline for the dashboard (turns, tool calls, approvals);
 //! - [`synth`]: realistic synthetic histories for benchmarks and soak tests.
 
 pub mod access;
+pub mod agents;
 pub mod approvals;
 pub mod canonical;
 pub mod decide;

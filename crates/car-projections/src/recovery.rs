@@ -56,6 +56,9 @@ impl Default for Retention {
 /// close, tool calls and proposals in flight are abandoned; then retention applies.
 pub fn recover(state: &State, now: DateTime<Utc>, retention: &Retention) -> Vec<Event> {
     let mut events = abandon_everything_live(state, IncompleteReason::DaemonRestart);
+    events.extend(crate::agents::decide::adopt_at_startup(
+        state.registered_agents(),
+    ));
     let ended_now: HashSet<&str> = events
         .iter()
         .filter_map(|e| match e {

@@ -12,8 +12,8 @@
 //!
 //! [`State`] is the composition of one slice per aggregate, each in its own module with its
 //! fold and its decisions: [`crate::sessions`], [`crate::runs`], [`crate::approvals`],
-//! [`crate::subscriptions`], [`crate::tool_calls`], [`crate::proposals`] and
-//! [`crate::memory`]. This module keeps what they share: the seq check, the dispatch of
+//! [`crate::subscriptions`], [`crate::tool_calls`], [`crate::proposals`],
+//! [`crate::memory`] and [`crate::agents`]. This module keeps what they share: the seq check, the dispatch of
 //! each event to its aggregate's fold, the daemon's own lifecycle, the host feed's index,
 //! the reads (delegations to the slices, and those that join them, like run access) and
 //! the fold's errors ([`ApplyError`], [`Contradiction`]). The aggregates' types are
@@ -26,6 +26,7 @@ use car_events::{Envelope, Fold, Seq};
 use chrono::{DateTime, Utc};
 
 use crate::access::Actor;
+use crate::agents::{Agent, Agents};
 use crate::approvals::Approvals;
 pub use crate::approvals::{Approval, ApprovalStatus};
 use crate::gateways::Gateways;
@@ -218,6 +219,9 @@ pub enum Contradiction {
     /// A memory event that contradicts memory.
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryContradiction),
+    /// An agent event that contradicts the registered agents.
+    #[error(transparent)]
+    Agent(#[from] crate::agents::AgentContradiction),
 }
 
 /// The state of the daemon at a position of its log.
@@ -240,6 +244,8 @@ pub struct State {
     memory: Memory,
     /// Cluster mode: which gateway serves each session and holds each run in progress.
     gateways: Gateways,
+    /// Registered agents (PROTOCOL.md §12), folded by [`Agents::apply`].
+    registered_agents: Agents,
 }
 
 impl Fold for State {
@@ -379,6 +385,15 @@ impl State {
             Event::SessionOnGateway(_) => {}
             // A record for audits: the events that follow it do the ending.
             Event::GatewayLost(_) => {}
+            Event::AgentUpserted(_)
+            | Event::AgentTokenRotated(_)
+            | Event::AgentRemoved(_)
+            | Event::AgentStartRequested(_)
+            | Event::AgentStopRequested(_)
+            | Event::AgentProcessSpawned(_)
+            | Event::AgentProcessExited(_)
+            | Event::AgentBackoffScheduled(_)
+            | Event::AgentStatusChanged(_) => self.registered_agents.apply(env)?,
         }
         let sessions = &self.sessions;
         self.gateways
@@ -416,6 +431,16 @@ impl State {
     /// Attached agent identities and their sessions, by agent id.
     pub fn agents(&self) -> impl Iterator<Item = (&str, &str)> {
         self.sessions.agents()
+    }
+
+    /// A registered agent (PROTOCOL.md §12).
+    pub fn registered_agent(&self, agent_id: &str) -> Option<&Agent> {
+        self.registered_agents.get(agent_id)
+    }
+
+    /// The registered agents slice, for its decisions and reads.
+    pub fn registered_agents(&self) -> &Agents {
+        &self.registered_agents
     }
 
     /// A retained run, whoever asks.

@@ -78,6 +78,9 @@ pub enum Command {
     /// command then reads offline with --data-dir DIR.
     #[command(after_help = EXIT_CODES_HELP)]
     Export(ExportArgs),
+    /// Show the registered agents (PROTOCOL.md §12) as they were at a seq.
+    #[command(after_help = AGENTS_HELP)]
+    Agents(AgentsArgs),
 }
 
 /// `export`.
@@ -87,6 +90,13 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
 }
+
+const AGENTS_HELP: &str = "\
+Each agent with its supervision status and why it has it, its live pid, its restart count
+and how its last process ended. `car-replay events --kind 'agent.*'` shows every spawn,
+exit, backoff and status change behind it.
+
+Exit codes: see `car-replay --help`; 5 when --at is past the end of the log.";
 
 const MEMORY_HELP: &str = "\
 Scopes are `shared` (clients, hosts, MCP), `ns:<namespace>` (sessions that gave a
@@ -216,6 +226,18 @@ pub struct EventsArgs {
     /// Only memory events of this scope (`shared`, `ns:<namespace>`, `agent:<agent_id>`).
     #[arg(long, value_name = "SCOPE", value_parser = parse_scope)]
     pub scope: Option<Scope>,
+}
+
+/// `agents`.
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    /// The seq to stop at [default: the end of the log]; 0 is before any agent.
+    #[arg(long, value_name = "SEQ")]
+    pub at: Option<Seq>,
+    /// JSON: `{seq, ts, agents: [{id, status, status_reason, pid, restart_count, last_exit,
+    /// started_at, restart_at, stop_requested, token_sha256, registered_seq, spec}]}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `memory`.

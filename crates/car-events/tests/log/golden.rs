@@ -36,15 +36,17 @@ use std::sync::Once;
 
 use car_events::codec;
 use car_events::event::{
-    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, DaemonRecovered,
-    DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, GatewayLost, HaltCleared,
-    IncompleteReason, MemoryFact, MemoryFactAdded, MemoryFactDeleted, MemoryScopeLoaded,
-    MemoryScopePersisted, ProposalActionFinished, ProposalFinished, ProposalResultRecorded,
-    ProposalSubmitted, Role, RunCancellationRequested, RunCancellationResult, RunEnded, RunEvicted,
-    RunResumed, RunStarted, SessionAuthenticated, SessionClosed, SessionHalted, SessionOnGateway,
-    SessionOpened, SubscriptionClosed, SubscriptionOpened, SubscriptionTarget, Termination,
-    ToolCallCancelled, ToolCallCompleted, ToolCallDispatched, ToolCallFailed,
-    ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
+    AgentBackoffScheduled, AgentExit, AgentProcessExited, AgentProcessSpawned, AgentRemoved,
+    AgentStartRequested, AgentStatus, AgentStatusChanged, AgentStopRequested, AgentTokenRotated,
+    AgentUpserted, ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved,
+    DaemonRecovered, DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, GatewayLost,
+    HaltCleared, IncompleteReason, MemoryFact, MemoryFactAdded, MemoryFactDeleted,
+    MemoryScopeLoaded, MemoryScopePersisted, ProposalActionFinished, ProposalFinished,
+    ProposalResultRecorded, ProposalSubmitted, Role, RunCancellationRequested,
+    RunCancellationResult, RunEnded, RunEvicted, RunResumed, RunStarted, SessionAuthenticated,
+    SessionClosed, SessionHalted, SessionOnGateway, SessionOpened, SubscriptionClosed,
+    SubscriptionOpened, SubscriptionTarget, Termination, ToolCallCancelled, ToolCallCompleted,
+    ToolCallDispatched, ToolCallFailed, ToolCallIndeterminate, ToolCallTimedOut, TurnsRecorded,
 };
 use car_events::receipt::{self, CancelStatus, Receipt};
 use car_events::{
@@ -83,16 +85,18 @@ fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
         5 => Some(golden_v5),
         6 => Some(golden_v6),
         7 => Some(golden_v7),
+        8 => Some(golden_v8),
         _ => None,
     }
 }
 
-/// The highest fixture version with a generator.
-fn latest_version() -> u32 {
-    (1..)
-        .take_while(|v| generator(*v).is_some())
-        .last()
-        .unwrap_or(0)
+/// The fixture versions with a generator, ascending. Not necessarily contiguous: versions
+/// are reserved by branches developed side by side (v7 and v8 were), and each lands on its
+/// own.
+fn versions() -> impl Iterator<Item = u32> {
+    /// Far above any version in use; only bounds the search.
+    const MAX_VERSION: u32 = 256;
+    (1..=MAX_VERSION).filter(|v| generator(*v).is_some())
 }
 
 /// Stamps events the way the writer does: seqs from 1, deterministic ids, the manual
@@ -1681,6 +1685,137 @@ fn golden_v7() -> Vec<Envelope> {
     stamp("2026-12-02T17:30:00.000Z", 20_261_207, events)
 }
 
+/// Fixture v8: registered agents (PROTOCOL.md §12). A host registers an agent (its token
+/// minted: only the hash is logged), starts it; the process crashes, backs off, is
+/// restarted, is killed by a signal, crash-loops into `errored`; the host replaces the spec
+/// and rotates the token, starts it again, the daemon dies, and the next daemon records the
+/// child exited (`daemon_restart`) before the agent is stopped and removed. Every agent
+/// event kind, every `AgentStatus` and `AgentExit`, both sides of `token_sha256`.
+fn golden_v8() -> Vec<Envelope> {
+    const ID: &str = "agent-indexer";
+    let spec = |command: &str| {
+        j(json!({
+            "id": ID, "name": "Indexer", "command": command, "args": ["--watch", "/srv/docs"],
+            "cwd": "/var/lib/car", "env": {"INDEX_THREADS": "2"}, "restart": "on_failure",
+            "max_restarts": 1, "backoff_secs": 0.5, "auto_start": true, "interpreter": null,
+            "description": "keeps the document index fresh"
+        }))
+    };
+    let status = |status: AgentStatus, reason: &str| {
+        Event::from(AgentStatusChanged {
+            agent_id: s(ID),
+            status,
+            reason: s(reason),
+        })
+    };
+    let spawned = |pid: u32| {
+        Event::from(AgentProcessSpawned {
+            agent_id: s(ID),
+            pid,
+        })
+    };
+    let exited = |pid: u32, exit: AgentExit| {
+        Event::from(AgentProcessExited {
+            agent_id: s(ID),
+            pid,
+            exit,
+        })
+    };
+    let started = |version: &str, pid: u32| {
+        Event::from(DaemonStarted {
+            version: s(version),
+            pid,
+            data_dir: s("/var/lib/car"),
+            listen: s("127.0.0.1:9100"),
+        })
+    };
+    let events = vec![
+        (0, started("0.8.0", 8080)),
+        (
+            1_500,
+            Event::from(AgentUpserted {
+                agent_id: s(ID),
+                spec: spec("/usr/local/bin/indexer"),
+                token_sha256: some(
+                    "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+                ),
+                by: s("host"),
+            }),
+        ),
+        (
+            800,
+            Event::from(AgentStartRequested {
+                agent_id: s(ID),
+                by: s("host"),
+            }),
+        ),
+        (0, status(AgentStatus::Starting, "start requested")),
+        (4, spawned(31_001)),
+        (0, status(AgentStatus::Running, "spawned")),
+        (2_250, exited(31_001, AgentExit::Code { code: 3 })),
+        (0, status(AgentStatus::Backoff, "exited")),
+        (
+            0,
+            Event::from(AgentBackoffScheduled {
+                agent_id: s(ID),
+                restart_count: 1,
+                delay_ms: 500,
+            }),
+        ),
+        (501, status(AgentStatus::Starting, "backoff elapsed")),
+        (3, spawned(31_017)),
+        (0, status(AgentStatus::Running, "spawned")),
+        (900, exited(31_017, AgentExit::Signal { signal: 11 })),
+        (0, status(AgentStatus::Errored, "max_restarts reached")),
+        (
+            60_000,
+            Event::from(AgentUpserted {
+                agent_id: s(ID),
+                spec: spec("/opt/indexer/bin/indexer"),
+                token_sha256: None,
+                by: s("host"),
+            }),
+        ),
+        (
+            0,
+            Event::from(AgentTokenRotated {
+                agent_id: s(ID),
+                token_sha256: s("a665a45920422f9d417e4867efdc4fb8a04a1f3fff1fa07e998e86f7f7a27ae3"),
+            }),
+        ),
+        (
+            700,
+            Event::from(AgentStartRequested {
+                agent_id: s(ID),
+                by: s("agent:agent-indexer"),
+            }),
+        ),
+        (0, status(AgentStatus::Starting, "start requested")),
+        (5, spawned(31_200)),
+        (0, status(AgentStatus::Running, "spawned")),
+        // The daemon is SIGKILLed; the next one finds the agent running.
+        (95_000, started("0.8.0", 8111)),
+        (20, exited(31_200, AgentExit::DaemonRestart)),
+        (0, status(AgentStatus::Stopped, "daemon_restart")),
+        (
+            1_000,
+            Event::from(AgentStopRequested {
+                agent_id: s(ID),
+                by: s("host"),
+                signal: s("kill"),
+            }),
+        ),
+        (
+            300,
+            Event::from(AgentRemoved {
+                agent_id: s(ID),
+                by: s("host"),
+            }),
+        ),
+    ];
+    stamp("2026-12-08T14:00:00.000Z", 20_261_208, events)
+}
+
 /// Puts the real receipt into each `run.cancellation_result`, from the request before it
 /// and the run's `ended` record (digested as `runs.get_trace` serves it).
 fn fill_receipts(envelopes: &mut [Envelope]) {
@@ -1848,7 +1983,7 @@ fn ensure_fixtures() {
     WRITE.call_once(|| {
         if std::env::var(WRITE_ENV).as_deref() == Ok("1") {
             fs::create_dir_all(fixtures_dir()).unwrap();
-            for version in 1..=latest_version() {
+            for version in versions() {
                 write_missing(version);
             }
         }
@@ -1921,7 +2056,7 @@ fn shipped() -> Vec<Golden> {
 #[test]
 fn every_generated_fixture_is_shipped_and_still_matches_its_generator() {
     let shipped = shipped();
-    for version in 1..=latest_version() {
+    for version in versions() {
         let golden = shipped
             .iter()
             .find(|g| g.version == version)
@@ -2263,6 +2398,58 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             gateway_id: _,
             declared_by: _,
         }) => vec![],
+        Event::AgentUpserted(AgentUpserted {
+            agent_id: _,
+            spec: _,
+            token_sha256,
+            by: _,
+        }) => vec![opt("token_sha256", token_sha256.is_some())],
+        Event::AgentProcessExited(AgentProcessExited {
+            agent_id: _,
+            pid: _,
+            exit,
+        }) => vec![match exit {
+            AgentExit::Code { code: _ } => (s("AgentExit::Code"), true),
+            AgentExit::Signal { signal: _ } => (s("AgentExit::Signal"), true),
+            AgentExit::DaemonRestart => (s("AgentExit::DaemonRestart"), true),
+        }],
+        Event::AgentStatusChanged(AgentStatusChanged {
+            agent_id: _,
+            status,
+            reason: _,
+        }) => vec![(
+            format!(
+                "AgentStatus::{}",
+                match status {
+                    AgentStatus::Stopped => "Stopped",
+                    AgentStatus::Starting => "Starting",
+                    AgentStatus::Running => "Running",
+                    AgentStatus::Backoff => "Backoff",
+                    AgentStatus::Errored => "Errored",
+                }
+            ),
+            true,
+        )],
+        Event::AgentTokenRotated(AgentTokenRotated {
+            agent_id: _,
+            token_sha256: _,
+        })
+        | Event::AgentRemoved(AgentRemoved { agent_id: _, by: _ })
+        | Event::AgentStartRequested(AgentStartRequested { agent_id: _, by: _ })
+        | Event::AgentStopRequested(AgentStopRequested {
+            agent_id: _,
+            by: _,
+            signal: _,
+        })
+        | Event::AgentProcessSpawned(AgentProcessSpawned {
+            agent_id: _,
+            pid: _,
+        })
+        | Event::AgentBackoffScheduled(AgentBackoffScheduled {
+            agent_id: _,
+            restart_count: _,
+            delay_ms: _,
+        }) => vec![],
         Event::ProposalActionFinished(ProposalActionFinished {
             proposal_id: _,
             action_id: _,
@@ -2296,6 +2483,14 @@ const NESTED_VARIANTS: &[&str] = &[
     "SubscriptionTarget::Host",
     "FactRemoval::Delete",
     "FactRemoval::Consolidate",
+    "AgentExit::Code",
+    "AgentExit::Signal",
+    "AgentExit::DaemonRestart",
+    "AgentStatus::Stopped",
+    "AgentStatus::Starting",
+    "AgentStatus::Running",
+    "AgentStatus::Backoff",
+    "AgentStatus::Errored",
 ];
 
 #[test]
@@ -2318,7 +2513,7 @@ fn golden_fixtures_contain_every_nested_variant_and_both_sides_of_every_option()
         .filter(|(name, _)| !name.contains("::"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(options.len(), 22, "Option fields found: {options:?}");
+    assert_eq!(options.len(), 23, "Option fields found: {options:?}");
     for field in options {
         for set in [true, false] {
             assert!(

@@ -128,6 +128,9 @@ pub(crate) async fn subscribe(session: &mut Session, params: Value, responder: R
                     "pid": std::process::id(),
                     "data_dir": app.config.data_dir.display().to_string(),
                     "role": "primary",
+                    // No agent manifest file here; this daemon owns supervision (§12.4).
+                    "manifest_path": null,
+                    "manifest_role": "owner",
                 },
                 "event_sequence": position,
             })))

@@ -1,6 +1,7 @@
 //! The method table: which handler answers which method, after the checks every call
 //! passes (authentication, handshake, the approval gate).
 
+pub(crate) mod agents;
 pub(crate) mod approvals;
 pub(crate) mod host;
 pub(crate) mod log;
@@ -22,7 +23,7 @@ use crate::session::{Deferred, Responder, Session};
 const NEVER_GATED: [&str; 2] = ["session.auth", "server.handshake"];
 /// Methods that never write: they run even while the session's own events wait for the
 /// log (see `Session::unrecorded`). Every other method may write, so it first records them.
-const READ_ONLY: [&str; 13] = [
+const READ_ONLY: [&str; 16] = [
     "session.auth",
     "server.handshake",
     "tools.list",
@@ -36,6 +37,9 @@ const READ_ONLY: [&str; 13] = [
     "memory.build_context",
     "memory.fact_count",
     "proposal.result",
+    "agents.list",
+    "agents.health",
+    "agents.tail_log",
 ];
 
 /// Answers one call.
@@ -135,6 +139,14 @@ pub(crate) async fn route(
         "memory.persist" => memory::persist(session, params, responder).await,
         "memory.load" => memory::load(session, params, responder).await,
         "memory.consolidate" => memory::consolidate(session, params, responder).await,
+        "agents.upsert" => agents::upsert(session, params, responder).await,
+        "agents.list" => agents::list(session, params, responder).await,
+        "agents.remove" => agents::remove(session, params, responder).await,
+        "agents.health" => agents::health(session, params, responder).await,
+        "agents.start" => agents::start(session, params, responder).await,
+        "agents.stop" => agents::stop(session, params, responder).await,
+        "agents.restart" => agents::restart(session, params, responder).await,
+        "agents.tail_log" => agents::tail_log(session, params, responder).await,
         other => {
             responder
                 .send(Err(RpcError::MethodNotFound(other.to_owned())))

@@ -12,6 +12,10 @@ use crate::protocol;
 use crate::rpc::{self, RpcError};
 use crate::session::{Responder, Session};
 
+/// Compared against when the agent id is not registered, so that an unregistered id takes
+/// as long to refuse as a registered one: the SHA-256 of nothing any token can be.
+const UNREGISTERED_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 #[derive(Debug, Deserialize)]
 struct AuthParams {
     token: Option<String>,
@@ -52,7 +56,20 @@ async fn authenticate(session: &mut Session, params: Value) -> Result<Value, Rpc
             } else {
                 Role::Client
             };
-            (role, app.tokens.auth.matches(token))
+            // The daemon token binds any agent id; a registered agent's own token
+            // (PROTOCOL.md §12.2) binds that agent. Both compared in constant time, and
+            // both always, so the time taken does not say whether the id is registered.
+            let daemon = app.tokens.auth.matches(token);
+            let own = agent_id.as_deref().is_some_and(|id| {
+                let hash = app
+                    .writer
+                    .state()
+                    .registered_agent(id)
+                    .map(|agent| agent.token_sha256.clone());
+                let hash = hash.unwrap_or_else(|| UNREGISTERED_HASH.to_owned());
+                crate::tokens::hash_matches(&hash, token)
+            });
+            (role, daemon || own)
         }
         (None, None) if !auth_enabled => {
             let role = if agent_id.is_some() {

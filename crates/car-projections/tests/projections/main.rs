@@ -18,6 +18,7 @@
 //!   the incremental index against a rebuild and the reference scan;
 //! - [`ranking`]: MRR and recall@3 on the committed labelled set.
 
+mod agents;
 mod apply;
 mod approvals;
 mod determinism;

@@ -2,6 +2,7 @@
 //! output through [`crate::output::Out`], and returns the exit code of a completed run;
 //! anything that stops it early is an [`Error`].
 
+pub mod agents;
 pub mod events;
 pub mod memory;
 pub mod runs;
@@ -102,6 +103,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Stats(args) => stats::run(&log, &context, &args),
         Command::Memory(args) => memory::run(&log, &context, &args),
         Command::Export(_) => Ok(Exit::Ok),
+        Command::Agents(args) => agents::run(&log, &context, &args),
     };
     if copy.is_some() {
         // The copy is removed: its log must be closed first.

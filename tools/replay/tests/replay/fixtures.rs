@@ -39,6 +39,12 @@ pub(crate) fn golden_v7_records() -> Vec<(Seq, Vec<u8>)> {
     golden_records_of(7)
 }
 
+/// The golden-v8 fixture of car-events (a registered agent's life: spawns, a backoff, an
+/// `errored`, a rotation, a daemon restart, a removal).
+pub(crate) fn golden_v8_records() -> Vec<(Seq, Vec<u8>)> {
+    golden_records_of(8)
+}
+
 /// The golden-v2 fixture's JSON rendering, one line per record.
 pub(crate) fn golden_v2_jsonl() -> String {
     std::fs::read_to_string(car_events_fixture("golden-v2.jsonl")).unwrap()
@@ -104,6 +110,11 @@ impl DataDir {
     /// A data directory holding the golden-v6 log (runs v3).
     pub(crate) fn golden_v6() -> Self {
         Self::with_records(&golden_v6_records())
+    }
+
+    /// A data directory holding the golden-v8 log (registered agents).
+    pub(crate) fn golden_v8() -> Self {
+        Self::with_records(&golden_v8_records())
     }
 
     /// A data directory holding `envelopes`, encoded.

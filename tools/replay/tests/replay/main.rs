@@ -3,6 +3,7 @@
 //! module per area.
 
 mod cluster;
+mod agents;
 mod daemon;
 mod damage;
 mod fixtures;

@@ -389,13 +389,17 @@ async fn stats(State(d): State<Dashboard>) -> Result<Response, HttpError> {
                     .filter(|a| a.status == car_projections::state::ApprovalStatus::Pending)
                     .count(),
                 "sessions_open": state.sessions().count(),
-                // Registered agents, chats and A2A tasks (§12, §13, §15) are not served by
-                // this build yet: none exist, so none are counted.
                 "agents": {
-                    "registered": 0,
-                    "running": 0,
+                    "registered": state.registered_agents().len(),
+                    "running": state
+                        .registered_agents()
+                        .iter()
+                        .filter(|a| a.status == car_events::event::AgentStatus::Running)
+                        .count(),
                     "attached": state.agents().count(),
                 },
+                // Chats and A2A tasks (§13, §15) are not served by this build yet: none
+                // exist, so none are counted.
                 "chats_active": 0,
                 "a2a_tasks_active": 0,
             })

@@ -211,7 +211,7 @@ impl Daemon {
                 let held = Leases::connect(cluster)
                     .await
                     .map_err(|e| StartError::Cluster(LogError::Unavailable(e.to_string())))?;
-                if let Err(err) = held.beat().await {
+                if let Err(err) = held.first_beat().await {
                     return Err(StartError::Cluster(LogError::Unavailable(format!(
                         "gateway heartbeat: {err}"
                     ))));

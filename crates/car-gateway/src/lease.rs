@@ -41,6 +41,13 @@ const BEATS_PER_LEASE: u32 = 3;
 /// reach for this beat (a frozen call must not delay the next beat past the lease).
 const KV_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long start-up keeps trying its first heartbeat: a bucket just created on a fresh
+/// cluster takes a moment before its stream accepts puts ("no stream found for given
+/// subject" meanwhile, measured up to ~100 ms here).
+const FIRST_BEAT_DEADLINE: Duration = Duration::from_secs(10);
+/// The pause between those tries.
+const FIRST_BEAT_PAUSE: Duration = Duration::from_millis(100);
+
 /// Why the leases could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("lease bucket {bucket}: {reason}")]
@@ -176,6 +183,18 @@ impl Leases {
             *self.healthy_since.lock() = Instant::now();
         }
         beat
+    }
+
+    /// The heartbeat at start-up, tried again until [`FIRST_BEAT_DEADLINE`].
+    pub async fn first_beat(&self) -> Result<(), String> {
+        let deadline = Instant::now() + FIRST_BEAT_DEADLINE;
+        loop {
+            match self.beat().await {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() >= deadline => return Err(err),
+                Err(_) => tokio::time::sleep(FIRST_BEAT_PAUSE).await,
+            }
+        }
     }
 
     /// Whether this gateway's beats have succeeded for a whole lease, so that a missing

@@ -551,3 +551,38 @@ async fn hosts_hear_of_registrations_status_changes_and_removals() {
         .unwrap();
     assert_eq!(removed["payload"]["id"], "eps");
 }
+
+#[tokio::test]
+async fn exits_follow_the_restart_policy_and_a_missing_token_file_is_errored() {
+    let server = server(&[]).await;
+    let mut host = server.auth_host().await;
+    // on_failure, code 0: stopped, not restarted
+    register(&mut host, spec("quick", "exit0")).await;
+    host.ok("agents.start", json!({"id": "quick"})).await;
+    let entry = agent_where(&mut host, "quick", "stopped", |a| {
+        a["status"] == "stopped" && a["last_exit_code"] == 0
+    })
+    .await;
+    assert_eq!(entry["restart_count"], 0);
+    // always, code 0: restarted (then errored once max_restarts is spent)
+    let mut always = spec("again", "exit0");
+    always["restart"] = json!("always");
+    always["max_restarts"] = json!(1);
+    always["backoff_secs"] = json!(0.1);
+    register(&mut host, always).await;
+    host.ok("agents.start", json!({"id": "again"})).await;
+    let entry = agent_where(&mut host, "again", "errored", |a| a["status"] == "errored").await;
+    assert_eq!(entry["restart_count"], 1);
+    // The token file missing at spawn: errored, nothing spawned
+    register(&mut host, spec("tokenless", "serve")).await;
+    fs::remove_file(server.data_dir().path().join("agents/tokenless.token")).unwrap();
+    let started = host.ok("agents.start", json!({"id": "tokenless"})).await;
+    assert_eq!(started["status"], "errored", "{started}");
+    assert!(started["pid"].is_null());
+    let changes = host.whole_log(Some(&["agent.status_changed"])).await;
+    let last = &changes.last().unwrap()["data"];
+    assert_eq!(
+        (last["agent_id"].as_str(), last["reason"].as_str()),
+        (Some("tokenless"), Some("spawn failed: token file missing"))
+    );
+}

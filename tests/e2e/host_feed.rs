@@ -172,6 +172,8 @@ async fn host_subscribe_answers_the_snapshot_then_streams_host_events() {
             "pid": server.pid(),
             "data_dir": server.data_dir().path().display().to_string(),
             "role": "primary",
+            "manifest_path": null,
+            "manifest_role": "owner",
         })
     );
     let position = snapshot["event_sequence"].as_u64().unwrap();

@@ -167,36 +167,27 @@ pub(crate) async fn list(session: &mut Session, _params: Value, responder: Respo
     responder.send(result).await;
 }
 
-/// `agents.remove`: `{removed}`; the token file goes with it.
+/// `agents.remove`: `{removed}`; the token file goes with it. A live process is stopped
+/// first (§12.4), by a host's stop (`kill`: the agent is going away).
 pub(crate) async fn remove(session: &mut Session, params: Value, responder: Responder) {
     let result = async {
         let actor = session.actor()?.clone();
         let agent_id = agent_id_param(&params)?;
         let app = session.app.clone();
-        let events = execute(
-            &app,
-            AgentCommand::Remove(RemoveAgent {
-                actor,
-                agent_id: agent_id.clone(),
-            }),
-        )
-        .await;
-        let events = match events {
-            Err(RpcError::Internal(message)) if message.contains("still has a running process") => {
-                // Stop the child first (§12.4), then remove.
-                stop_and_wait(&app, None, &agent_id, true).await?;
-                execute(
-                    &app,
-                    AgentCommand::Remove(RemoveAgent {
-                        actor: session.actor()?.clone(),
-                        agent_id: agent_id.clone(),
-                    }),
-                )
-                .await?
-            }
-            other => other?,
-        };
-        let removed = !events.is_empty();
+        let remove = AgentCommand::Remove(RemoveAgent {
+            actor: actor.clone(),
+            agent_id: agent_id.clone(),
+        });
+        let running = app
+            .writer
+            .state()
+            .registered_agent(&agent_id)
+            .is_some_and(|a| a.pid.is_some());
+        // Only a host gets this far (the removal's role check decides the same below).
+        if running && actor.has_host_rights() {
+            stop_and_wait(&app, Some(actor), &agent_id, true).await?;
+        }
+        let removed = !execute(&app, remove).await?.is_empty();
         if removed {
             if let Err(err) = tokens::remove_agent_token(&app.config.data_dir, &agent_id) {
                 tracing::warn!(%agent_id, %err, "could not delete the agent token file");

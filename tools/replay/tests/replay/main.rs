@@ -2,8 +2,8 @@
 //! its parsed `--json` output, its exit codes and its messages. One test binary, one
 //! module per area.
 
-mod cluster;
 mod agents;
+mod cluster;
 mod daemon;
 mod damage;
 mod fixtures;

@@ -1,7 +1,8 @@
 //! PROTOCOL.md §19, cluster mode: two real `car-server` processes ("gateways") over one
 //! NATS JetStream stream on the 3-node cluster of scripts/nats-cluster.sh. A run written
 //! through one gateway is read and followed live through the other; racing writes through
-//! both keep the rules of §3 (first terminal wins, contiguous turn indices); `log.read`
+//! both keep the rules of §3 and §5 (first terminal wins, contiguous turn indices, one
+//! resolution per approval, one run per idempotency key); `log.read`
 //! is the same log from both; the start-up refusals of §19 exit 2; a gateway killed with
 //! SIGKILL is declared lost by the other, which ends its runs `incomplete`/`gateway_lost`
 //! unless they were resumed elsewhere first; with the whole cluster stopped, writes fail
@@ -248,6 +249,114 @@ async fn racing_completes_through_two_gateways_have_one_winner() {
         let ended = &events.last().unwrap()["record"];
         assert_eq!(ended["termination"]["outcome"]["status"], won[0], "{ended}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_approval_resolutions_through_two_gateways_have_one_winner() {
+    let Some(urls) = cluster("racing_approval_resolutions_through_two_gateways_have_one_winner")
+    else {
+        return;
+    };
+    let (a, b) = two_gateways(&urls, "approve").await;
+    let mut asker = a.auth_client().await;
+    asker.handshake().await;
+    let mut host_a = a.auth_host().await;
+    host_a.handshake().await;
+    let mut host_b = b.auth_host().await;
+    host_b.handshake().await;
+    let mut feed = log_feed(&b).await;
+    for round in 0..5 {
+        let asked = asker
+            .ok(
+                "host.request_approval",
+                json!({"action": format!("deploy {round}"), "system_level": true}),
+            )
+            .await;
+        let id = asked["id"].as_str().unwrap().to_owned();
+        feed.next_notification_where("log.event", |e| {
+            e["kind"] == "approval.requested" && e["data"]["approval_id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+        let resolve = |resolution: &str| json!({"approval_id": id, "resolution": resolution});
+        let (on_a, on_b) = tokio::join!(
+            host_a.call("host.resolve_approval", resolve("approve")),
+            host_b.call("host.resolve_approval", resolve("deny")),
+        );
+        let won: Vec<&str> = [(&on_a, "approve"), (&on_b, "deny")]
+            .iter()
+            .filter(|(r, _)| r.is_ok())
+            .map(|(_, resolution)| *resolution)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {on_a:?} / {on_b:?}");
+        for loser in [&on_a, &on_b] {
+            if let Err(err) = loser {
+                assert_eq!(err.code, -32602);
+                assert_eq!(err.message, format!("approval {id} is already resolved"));
+            }
+        }
+        // Both gateways show the winner's resolution, and the log holds one.
+        for host in [&mut host_a, &mut host_b] {
+            let seen = host
+                .ok(
+                    "host.await_approval",
+                    json!({"approval_id": id, "timeout_ms": 5000}),
+                )
+                .await;
+            assert_eq!(seen["resolution"], won[0], "round {round}: {seen}");
+        }
+    }
+    let resolved: Vec<Value> = whole_log(&mut host_a)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "approval.resolved")
+        .collect();
+    assert_eq!(
+        resolved.len(),
+        5,
+        "one resolution per approval: {resolved:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_runs_start_raced_through_two_gateways_makes_one_run() {
+    let Some(urls) = cluster("an_idempotent_runs_start_raced_through_two_gateways_makes_one_run")
+    else {
+        return;
+    };
+    let (a, b) = two_gateways(&urls, "idem").await;
+    let mut on_a = a.auth_client().await;
+    let mut on_b = b.auth_client().await;
+    for round in 0..5 {
+        let key = format!("job-{round}");
+        let params = json!({"intent": "nightly job", "agent_id": "cron", "idempotency_key": key});
+        let (first, second) = tokio::join!(
+            on_a.call("runs.start", params.clone()),
+            on_b.call("runs.start", params.clone()),
+        );
+        // The loser's session may not read the winner's run (§3.2: another client's), so
+        // it learns nothing of it; never a second run, never an internal error.
+        let answers = [&first, &second];
+        let won: Vec<&Value> = answers.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert!(!won.is_empty(), "round {round}: {first:?} / {second:?}");
+        for answer in &won {
+            assert_eq!(answer["run_id"], key.as_str(), "round {round}");
+        }
+        for refused in answers.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(
+                (refused.code, refused.message.as_str()),
+                (-32602, "idempotency_key is not available"),
+                "round {round}"
+            );
+        }
+    }
+    let mut host = a.auth_host().await;
+    let started: Vec<Value> = whole_log(&mut host)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "run.started")
+        .collect();
+    assert_eq!(started.len(), 5, "one run.started per key: {started:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -481,12 +481,35 @@ const TEST_LEASE_SECS: u64 = 3;
 
 /// Two gateways `a` and `b` on a fresh stream with [`TEST_LEASE_SECS`] leases; `a` starts
 /// first, so it holds the maintenance lease and `b` must take it over when `a` dies.
-async fn two_leased_gateways(urls: &str, test: &str) -> (Server, Server) {
+async fn two_leased_gateways(urls: &str, test: &str) -> (Server, Server, String) {
     let stream = stream_name(test);
     let lease = TEST_LEASE_SECS.to_string();
     let a = gateway_with(urls, &stream, "a", &["--gateway-lease", &lease]).await;
     let b = gateway_with(urls, &stream, "b", &["--gateway-lease", &lease]).await;
-    (a, b)
+    (a, b, stream)
+}
+
+/// `car-replay --nats URLS --stream STREAM verify --json` (the binary `cargo test
+/// --workspace` builds beside this test's), parsed; `None` when it is not built.
+fn replay_verify(urls: &str, stream: &str) -> Option<Value> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("car-replay");
+    if !bin.exists() {
+        return None;
+    }
+    let output = std::process::Command::new(bin)
+        .args([
+            "--nats", urls, "--stream", stream, "--quiet", "verify", "--json",
+        ])
+        .output()
+        .expect("car-replay runs");
+    assert!(
+        output.status.success(),
+        "car-replay verify: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(serde_json::from_slice(&output.stdout).expect("verify --json"))
 }
 
 /// Negotiates protocol 3 with `runs.resume.v1`.
@@ -506,7 +529,7 @@ async fn a_gateway_killed_with_a_run_in_progress_is_declared_lost_and_its_run_en
     let Some(urls) = cluster(test) else {
         return;
     };
-    let (mut a, b) = two_leased_gateways(&urls, "lost").await;
+    let (mut a, b, stream) = two_leased_gateways(&urls, "lost").await;
     let mut worker = a.auth_agent("worker").await;
     let run = start(&mut worker, "worker").await;
     record(&mut worker, &run, turns("before-the-kill", 2)).await;
@@ -551,6 +574,16 @@ async fn a_gateway_killed_with_a_run_in_progress_is_declared_lost_and_its_run_en
         )
         .await;
     assert!(err.message.contains("already terminal"), "{err:?}");
+    // The stream audits clean afterwards.
+    match replay_verify(&urls, &stream) {
+        Some(report) => {
+            assert_eq!(report["ok"], true, "{report}");
+            assert_eq!(report["problems"], json!([]), "{report}");
+        }
+        None => println!(
+            "SKIPPED cluster::{test} (its car-replay verify step): car-replay is not built (cargo test --workspace builds it)"
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,7 +592,7 @@ async fn a_run_resumed_on_the_surviving_gateway_before_the_lease_lapses_is_not_e
     let Some(urls) = cluster(test) else {
         return;
     };
-    let (mut a, b) = two_leased_gateways(&urls, "resumed").await;
+    let (mut a, b, _) = two_leased_gateways(&urls, "resumed").await;
     let mut feed = log_feed(&b).await;
     // A client session on `a` produces a run of agent `worker`, negotiating resume, so its
     // departure leaves the run waiting for the agent (§14.2) in a's memory.

@@ -233,6 +233,7 @@ async fn a_crashing_agent_backs_off_doubling_then_errors_and_is_reaped() {
             "agent.process_spawned",
             "agent.process_exited",
             "agent.backoff_scheduled",
+            "agent.status_changed",
         ]))
         .await;
     let delays: Vec<u64> = log
@@ -246,19 +247,35 @@ async fn a_crashing_agent_backs_off_doubling_then_errors_and_is_reaped() {
         .filter(|e| e["kind"] == "agent.process_spawned")
         .map(|e| e["data"]["pid"].as_u64().unwrap())
         .collect();
-    assert_eq!(pids.len(), 4);
+    // Three restarts: four processes. A spawn the machine refuses (seen once, under the
+    // load of the whole CI run) is also `errored` by §12.3 ("a failed spawn: errored"),
+    // with one process fewer; the log then says why, and only that is accepted.
+    let why = log
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "agent.status_changed")
+        .and_then(|e| e["data"]["reason"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let spawns = if pids.len() == 3 && why.starts_with("spawn failed") {
+        eprintln!("the fourth spawn failed: {why}");
+        3
+    } else {
+        4
+    };
+    assert_eq!(pids.len(), spawns, "{errored} {log:?}");
     assert_eq!(
         log.iter()
             .filter(|e| e["kind"] == "agent.process_exited")
             .count(),
-        4
+        spawns
     );
     for pid in pids {
         gone(pid).await;
     }
     // Its stderr is in its log, once per run
     let out = tail(&mut host, "crasher", json!({"stream": "stderr", "n": 0})).await;
-    assert_eq!(out["lines"], json!(vec!["crashing on purpose"; 4]));
+    assert_eq!(out["lines"], json!(vec!["crashing on purpose"; spawns]));
     // A start resets the count
     let again = host.ok("agents.start", json!({"id": "crasher"})).await;
     assert_eq!(again["restart_count"], 0);

@@ -26,12 +26,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use car_events::Envelope;
-use car_events::event::{
-    ApprovalExpired, Event, GatewayLost, IncompleteReason, ProposalFinished, RunEnded,
-    SessionClosed, SubscriptionClosed, Termination, ToolCallCancelled,
-};
+use car_events::event::{Event, GatewayLost, IncompleteReason};
 
-use crate::state::{ApprovalStatus, Contradiction, State};
+use crate::state::{Contradiction, Run, State};
 
 /// The gateways slice of the state.
 #[derive(Debug, Clone, Default)]
@@ -139,45 +136,10 @@ pub fn active_gateways<'a>(state: &'a State, except: &str) -> Vec<&'a str> {
 }
 
 fn abandon_gateway(state: &State, gateway_id: &str, reason: IncompleteReason) -> Vec<Event> {
-    let why = reason.as_str();
     let gateways = state.gateways();
     let mine = |client_id: &str| gateways.of_session(client_id) == Some(gateway_id);
-    // A clean stop abandons its calls in flight, as the one daemon's stop does (§9); a
-    // gateway that died (or whose previous life did) left them with unknown outcomes, which
-    // are completed as after a crash (§14.5): `indeterminate`, never dispatched again.
-    let mut events = if reason == IncompleteReason::DaemonShutdown {
-        let mut events = Vec::new();
-        for call in state.tool_calls() {
-            if mine(&call.dispatch.client_id) {
-                events.push(Event::ToolCallCancelled(ToolCallCancelled {
-                    request_id: call.dispatch.request_id.clone(),
-                    reason: why.into(),
-                }));
-            }
-        }
-        for proposal in state.proposals() {
-            if mine(&proposal.client_id) {
-                events.push(Event::ProposalFinished(ProposalFinished {
-                    proposal_id: proposal.proposal_id.clone(),
-                    final_state: "failed".into(),
-                }));
-            }
-        }
-        events
-    } else {
-        crate::recovery::complete_cut_off_proposals(state, mine)
-    };
-    for sub in state.subscriptions() {
-        if mine(&sub.client_id) {
-            events.push(Event::SubscriptionClosed(SubscriptionClosed {
-                subscription_id: sub.subscription_id.clone(),
-                reason: why.into(),
-            }));
-        }
-    }
-    // A run stays when a live session of another gateway owns it (§3.7), or when it is
-    // quarantined (§14.1: it waits for a host's orphan cancellation).
-    let owned_elsewhere = |run: &crate::state::Run| {
+    // A run stays when a live session of another gateway owns it (§3.7).
+    let owned_elsewhere = |run: &Run| {
         let starter = run
             .owner
             .as_deref()
@@ -185,38 +147,8 @@ fn abandon_gateway(state: &State, gateway_id: &str, reason: IncompleteReason) ->
         let agent = state.agent_session(&run.agent_id).is_some_and(|c| !mine(c));
         starter || agent
     };
-    for run in state.runs() {
-        if run.is_ended()
-            || run.quarantined
-            || gateways.of_run(&run.run_id) != Some(gateway_id)
-            || owned_elsewhere(run)
-        {
-            continue;
-        }
-        events.push(Event::RunEnded(RunEnded {
-            run_id: run.run_id.clone(),
-            agent_id: run.agent_id.clone(),
-            termination: Termination::Incomplete { reason },
-        }));
-    }
-    for session in state.sessions() {
-        if mine(&session.client_id) {
-            events.push(Event::SessionClosed(SessionClosed {
-                client_id: session.client_id.clone(),
-                role: session.role,
-                agent_id: session.agent_id.clone(),
-                reason: why.into(),
-            }));
-        }
-    }
-    for approval in state.approvals() {
-        let asked_here = approval.requester.as_deref().is_some_and(mine);
-        if approval.status == ApprovalStatus::Pending && asked_here {
-            events.push(Event::ApprovalExpired(ApprovalExpired {
-                approval_id: approval.id.clone(),
-                reason: why.into(),
-            }));
-        }
-    }
-    events
+    let ends =
+        |run: &Run| gateways.of_run(&run.run_id) == Some(gateway_id) && !owned_elsewhere(run);
+    // Approvals of sessions no gateway was named for (logs from before cluster mode) stay.
+    crate::recovery::abandon_live(state, reason, &mine, &ends, false)
 }

@@ -18,7 +18,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
 use crate::proposal_result::ResultBuilder;
-use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, Proposal, State, ToolCall};
+use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, Proposal, Run, State, ToolCall};
 use crate::turns;
 
 /// The error of an action whose tool call was in flight when the daemon stopped
@@ -105,37 +105,58 @@ pub fn summarize(events: &[Event], events_replayed: u64) -> DaemonRecovered {
 }
 
 fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event> {
+    abandon_live(state, reason, &|_| true, &|_| true, true)
+}
+
+/// Ends what is live as `reason` says: the tool calls, proposals, subscriptions and
+/// sessions of the sessions `mine` names, the approvals they asked for (and, when
+/// `unattributed`, those no session is named for), and the runs in progress `ends` picks.
+/// At a clean stop calls in flight are cancelled; otherwise (a crash, a lost gateway) their
+/// outcomes are unknown and their proposals are completed as §14.5 says. A quarantined run
+/// is never ended here: it waits for a host's orphan cancellation (§14.1), across restarts
+/// too. Shared by start-up and shutdown (everything) and by cluster mode (one gateway's).
+pub(crate) fn abandon_live(
+    state: &State,
+    reason: IncompleteReason,
+    mine: &dyn Fn(&str) -> bool,
+    ends: &dyn Fn(&Run) -> bool,
+    unattributed: bool,
+) -> Vec<Event> {
     let why = reason.as_str();
-    let mut events = if reason == IncompleteReason::DaemonRestart {
-        complete_cut_off_proposals(state, |_| true)
-    } else {
+    let mut events = if reason == IncompleteReason::DaemonShutdown {
         let mut events = Vec::new();
         for call in state.tool_calls() {
-            events.push(Event::ToolCallCancelled(ToolCallCancelled {
-                request_id: call.dispatch.request_id.clone(),
+            if mine(&call.dispatch.client_id) {
+                events.push(Event::ToolCallCancelled(ToolCallCancelled {
+                    request_id: call.dispatch.request_id.clone(),
+                    reason: why.into(),
+                }));
+            }
+        }
+        for proposal in state.proposals() {
+            if mine(&proposal.client_id) {
+                events.push(Event::ProposalFinished(ProposalFinished {
+                    proposal_id: proposal.proposal_id.clone(),
+                    final_state: "failed".into(),
+                }));
+            }
+        }
+        events
+    } else {
+        complete_cut_off_proposals(state, mine)
+    };
+    for sub in state.subscriptions() {
+        if mine(&sub.client_id) {
+            events.push(Event::SubscriptionClosed(SubscriptionClosed {
+                subscription_id: sub.subscription_id.clone(),
                 reason: why.into(),
             }));
         }
-        for proposal in state.proposals() {
-            events.push(Event::ProposalFinished(ProposalFinished {
-                proposal_id: proposal.proposal_id.clone(),
-                final_state: "failed".into(),
-            }));
-        }
-        events
-    };
-    for sub in state.subscriptions() {
-        events.push(Event::SubscriptionClosed(SubscriptionClosed {
-            subscription_id: sub.subscription_id.clone(),
-            reason: why.into(),
-        }));
     }
-    // A quarantined run waits for a host to cancel it as an orphan (§14.1), across
-    // restarts too.
-    for run in state
-        .runs()
-        .filter(|run| !run.is_ended() && !run.quarantined)
-    {
+    for run in state.runs() {
+        if run.is_ended() || run.quarantined || !ends(run) {
+            continue;
+        }
         events.push(Event::RunEnded(RunEnded {
             run_id: run.run_id.clone(),
             agent_id: run.agent_id.clone(),
@@ -143,15 +164,18 @@ fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event
         }));
     }
     for session in state.sessions() {
-        events.push(Event::SessionClosed(SessionClosed {
-            client_id: session.client_id.clone(),
-            role: session.role,
-            agent_id: session.agent_id.clone(),
-            reason: why.into(),
-        }));
+        if mine(&session.client_id) {
+            events.push(Event::SessionClosed(SessionClosed {
+                client_id: session.client_id.clone(),
+                role: session.role,
+                agent_id: session.agent_id.clone(),
+                reason: why.into(),
+            }));
+        }
     }
     for approval in state.approvals() {
-        if approval.status == ApprovalStatus::Pending {
+        let asked_by_mine = approval.requester.as_deref().map_or(unattributed, mine);
+        if approval.status == ApprovalStatus::Pending && asked_by_mine {
             events.push(Event::ApprovalExpired(ApprovalExpired {
                 approval_id: approval.id.clone(),
                 reason: why.into(),
@@ -170,7 +194,7 @@ fn abandon_everything_live(state: &State, reason: IncompleteReason) -> Vec<Event
 ///
 /// Only the proposals and calls of sessions `of` selects: every one at start-up, a lost or
 /// restarted gateway's in cluster mode ([`crate::gateways`]).
-pub(crate) fn complete_cut_off_proposals(state: &State, of: impl Fn(&str) -> bool) -> Vec<Event> {
+pub(crate) fn complete_cut_off_proposals(state: &State, of: &dyn Fn(&str) -> bool) -> Vec<Event> {
     let mut calls: Vec<&ToolCall> = state
         .tool_calls()
         .filter(|call| of(&call.dispatch.client_id))

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::builder;
 use crate::runs::{full_trace, record, start};
+use crate::subscriptions::events_until_ended;
 
 /// The tokens every gateway of a test shares (§19 requires shared tokens).
 const AUTH_TOKEN: &str = "cluster-test-daemon-token-0123456789abcdef0123";
@@ -70,22 +71,6 @@ async fn two_gateways(urls: &str, test: &str) -> (Server, Server) {
     let a = gateway(urls, &stream, "a").await;
     let b = gateway(urls, &stream, "b").await;
     (a, b)
-}
-
-/// Reads `runs.trace.event`s of `run_id` until its `ended` event.
-async fn events_until_ended(client: &mut Client, run_id: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let event = client
-            .next_notification_where("runs.trace.event", |e| e["run_id"] == run_id)
-            .await
-            .unwrap();
-        let ended = event["record"]["record"] == "ended";
-        events.push(event);
-        if ended {
-            return events;
-        }
-    }
 }
 
 /// A host session on `gateway` following its log from seq 1 (see [`until_started`]).

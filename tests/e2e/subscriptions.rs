@@ -15,7 +15,7 @@ use crate::runs::{complete, full_trace, record, start};
 use crate::server;
 
 /// Reads `runs.trace.event`s of `run_id` until its `ended` event; returns them all.
-async fn events_until_ended(client: &mut Client, run_id: &str) -> Vec<Value> {
+pub(crate) async fn events_until_ended(client: &mut Client, run_id: &str) -> Vec<Value> {
     let mut events = Vec::new();
     loop {
         let event = client

@@ -29,11 +29,14 @@
 //! - [`agents`]: §12 registered agents with real child processes: spawn, environment,
 //!   attach with the agent's token, logs, backoff, stop/kill/restart/remove, refusals,
 //!   roles, a daemon SIGKILL taking its agents with it;
+//! - [`chat`]: §13 the chat relay: events in order to the caller alone, refusals, acks,
+//!   cancel, mirrored approvals, every disconnect, idle timeout, overflow, stop, restart;
 //! - [`cluster`]: §19 cluster mode: two gateways over one JetStream stream.
 
 mod agents;
 mod approvals;
 mod auth;
+mod chat;
 mod cluster;
 mod cookbook;
 mod dashboard;

@@ -772,6 +772,80 @@ pub struct AgentStatusChanged {
     pub reason: String,
 }
 
+/// `agents.chat` started a chat relayed to an attached agent (PROTOCOL.md §13.1), or an
+/// A2A task did (§15, caller role `a2a`). Recorded before the agent is asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatStarted {
+    /// The chat's `session_id` (its route; an A2A task's id).
+    pub session_id: String,
+    /// The agent it is relayed to.
+    pub agent_id: String,
+    /// The agent's session (the connection its events must come from).
+    pub agent_client_id: String,
+    /// The caller's session (`None`: not a WebSocket session, e.g. an A2A task).
+    pub caller_client_id: Option<String>,
+    /// The caller's role: `host`, `client` or `a2a`.
+    pub caller_role: String,
+    /// The conversation it belongs to.
+    pub conversation_id: String,
+    /// The prompt, cut to 16 KiB at a character boundary.
+    pub prompt: String,
+    /// The prompt's full length in bytes.
+    pub prompt_bytes: u64,
+    /// How many attachments came with it.
+    pub attachments: u32,
+    /// Whether the caller asked for streamed events.
+    pub stream: bool,
+    /// The model asked for, if any.
+    pub model: Option<String>,
+}
+
+/// A chat's cancellation was asked for (`agents.chat.cancel`, or an A2A `tasks/cancel`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatCancelRequested {
+    /// The chat.
+    pub session_id: String,
+    /// Who asked: `host`, `client:<client_id>` or `a2a`.
+    pub by: String,
+}
+
+/// A chat's terminal event reached (or was made for) its caller (PROTOCOL.md §13.1):
+/// the agent's `done`, `error` or `auth_required`, or the daemon's own error (cancelled,
+/// timed out, overflow, agent gone, shutting down).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatTerminal {
+    /// The chat.
+    pub session_id: String,
+    /// `done`, `error` or `auth_required`.
+    pub kind: String,
+    /// `done`'s `finish_reason`, cut to 1 KiB.
+    pub finish_reason: Option<String>,
+    /// The error (`error`) or message (`auth_required`), cut to 1 KiB.
+    pub error: Option<String>,
+}
+
+/// A chat's route was dropped: nothing more is relayed for it (PROTOCOL.md §13.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRouteDropped {
+    /// The chat.
+    pub session_id: String,
+    /// `terminal`, `cancelled`, `ack_failed`, `agent_disconnect`, `caller_disconnect`,
+    /// `idle_timeout`, `overflow`, `daemon_shutdown` or `daemon_restart`.
+    pub reason: String,
+}
+
+/// An approval an agent asked for inside a chat (`approval_pending`, PROTOCOL.md §13.2),
+/// mirrored as a §5 approval requested by the agent's session: the request as
+/// [`ApprovalRequested`] records it, and the chat it belongs to (whose caller may resolve
+/// it, and whose end expires it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequestedInChat {
+    /// The request.
+    pub approval: ApprovalRequested,
+    /// The chat's `session_id`.
+    pub session_id: String,
+}
+
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ident) = $kind:literal, )*) => {
         /// Every fact the daemon records. Variant order is frozen (see the module docs).
@@ -895,6 +969,16 @@ events! {
     AgentBackoffScheduled(AgentBackoffScheduled) = "agent.backoff_scheduled",
     /// An agent's status changed.
     AgentStatusChanged(AgentStatusChanged) = "agent.status_changed",
+    /// A chat was started.
+    ChatStarted(ChatStarted) = "chat.started",
+    /// A chat's cancellation was asked for.
+    ChatCancelRequested(ChatCancelRequested) = "chat.cancel_requested",
+    /// A chat reached its terminal event.
+    ChatTerminal(ChatTerminal) = "chat.terminal",
+    /// A chat's route was dropped.
+    ChatRouteDropped(ChatRouteDropped) = "chat.route_dropped",
+    /// An approval was mirrored from a chat.
+    ApprovalRequestedInChat(ApprovalRequestedInChat) = "approval.requested_in_chat",
 }
 
 impl Event {
@@ -929,6 +1013,7 @@ impl Event {
             Event::ToolCallDispatched(e) => Some(&e.client_id),
             Event::ApprovalRequested(e) => e.client_id.as_deref(),
             Event::ApprovalRequestedInRun(e) => e.approval.client_id.as_deref(),
+            Event::ApprovalRequestedInChat(e) => e.approval.client_id.as_deref(),
             Event::RunResumed(e) => Some(&e.client_id),
             Event::ApprovalResolved(e) => e.client_id.as_deref(),
             Event::SubscriptionOpened(e) => Some(&e.client_id),
@@ -953,6 +1038,18 @@ impl Event {
             Event::AgentProcessExited(e) => Some(&e.agent_id),
             Event::AgentBackoffScheduled(e) => Some(&e.agent_id),
             Event::AgentStatusChanged(e) => Some(&e.agent_id),
+            _ => None,
+        }
+    }
+
+    /// The chat (its `session_id`) this event is about, for chat events (PROTOCOL.md §13).
+    pub fn chat_session(&self) -> Option<&str> {
+        match self {
+            Event::ChatStarted(e) => Some(&e.session_id),
+            Event::ChatCancelRequested(e) => Some(&e.session_id),
+            Event::ChatTerminal(e) => Some(&e.session_id),
+            Event::ChatRouteDropped(e) => Some(&e.session_id),
+            Event::ApprovalRequestedInChat(e) => Some(&e.session_id),
             _ => None,
         }
     }

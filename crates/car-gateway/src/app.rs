@@ -44,6 +44,8 @@ pub struct App {
     pub(crate) leases: Option<Arc<crate::lease::Leases>>,
     /// The registered agents' live processes (PROTOCOL.md §12.3).
     pub supervisor: crate::supervisor::Supervisor,
+    /// The agents attached here and the chats relayed to them (PROTOCOL.md §13).
+    pub(crate) chats: crate::chat_relay::ChatRelay,
 }
 
 /// A write whose events are durable.

@@ -34,6 +34,9 @@ pub fn dashboard_addr(port: u16) -> SocketAddr {
 /// to notice a dropped connection and reconnect, short enough that an abandoned run does
 /// not look alive for long.
 pub const DEFAULT_RESUME_LEASE_SECS: f64 = 10.0;
+/// Default `--chat-idle-timeout` (PROTOCOL.md §13.1: 600 s): a chat whose agent says
+/// nothing for this long is ended, so no caller waits forever on a silent agent.
+pub const DEFAULT_CHAT_IDLE_TIMEOUT_SECS: f64 = 600.0;
 /// Default `--agent-stop-grace` (PROTOCOL.md §18): 5 s for an agent to finish its work on
 /// SIGTERM before SIGKILL.
 pub const DEFAULT_AGENT_STOP_GRACE_SECS: f64 = 5.0;
@@ -158,6 +161,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESUME_LEASE_SECS)]
     pub resume_lease: f64,
 
+    /// Seconds a chat may go without an event from its agent before it is ended with an
+    /// error (PROTOCOL.md §13.1; fractions allowed)
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CHAT_IDLE_TIMEOUT_SECS)]
+    pub chat_idle_timeout: f64,
+
     /// Seconds a stopping agent gets between SIGTERM and SIGKILL (PROTOCOL.md §12.3;
     /// fractions allowed)
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_AGENT_STOP_GRACE_SECS)]
@@ -281,6 +289,8 @@ pub struct Config {
     pub resume_lease: Duration,
     /// SIGTERM → SIGKILL grace of an agent stop (§12.3).
     pub agent_stop_grace: Duration,
+    /// A chat without an event from its agent for this long ends (§13.1: 600 s).
+    pub chat_idle_timeout: Duration,
     /// Wait for each dispatch marker to be durable before `tools.execute` is sent
     /// (§14.5). Off only for the benchmark that measures the markers' cost.
     pub durable_dispatch: bool,
@@ -326,6 +336,7 @@ impl Config {
             disconnect_grace: Duration::from_millis(250),
             resume_lease: Duration::from_secs_f64(DEFAULT_RESUME_LEASE_SECS),
             agent_stop_grace: Duration::from_secs_f64(DEFAULT_AGENT_STOP_GRACE_SECS),
+            chat_idle_timeout: Duration::from_secs_f64(DEFAULT_CHAT_IDLE_TIMEOUT_SECS),
             durable_dispatch: true,
             auth_timeout: Duration::from_millis(DEFAULT_AUTH_TIMEOUT_MS),
             handler_deadline: Duration::from_secs(30),
@@ -367,6 +378,12 @@ impl Config {
             && cli.resume_lease <= 86_400.0)
         {
             return Err("--resume-lease must be 0 to 86400 seconds".into());
+        }
+        if !(cli.chat_idle_timeout.is_finite()
+            && cli.chat_idle_timeout >= 0.01
+            && cli.chat_idle_timeout <= 86_400.0)
+        {
+            return Err("--chat-idle-timeout must be 0.01 to 86400 seconds".into());
         }
         if !(cli.gateway_lease.is_finite()
             && cli.gateway_lease >= 1.0
@@ -455,6 +472,7 @@ impl Config {
         config.disconnect_grace = Duration::from_millis(cli.disconnect_grace_ms);
         config.resume_lease = Duration::from_secs_f64(cli.resume_lease);
         config.agent_stop_grace = Duration::from_secs_f64(cli.agent_stop_grace);
+        config.chat_idle_timeout = Duration::from_secs_f64(cli.chat_idle_timeout);
         config.durable_dispatch = !cli.bench_unmarked_dispatch;
         if cli.bench_unmarked_dispatch {
             tracing::warn!(

@@ -337,6 +337,10 @@ async fn end_session(session: Session, ending: Ending) {
     }
     tools.fail_all("the client disconnected");
     drop(out);
+    // Its chats end, told to the other side, before its own end is recorded (§13.3).
+    if !app.stopping.is_cancelled() {
+        crate::chat_relay::ChatRelay::session_ended(&app, &client_id).await;
+    }
     if app.stopping.is_cancelled() {
         // The shutdown records every session's end in one batch.
         return;

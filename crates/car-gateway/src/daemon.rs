@@ -321,6 +321,7 @@ impl Daemon {
             live_proposals: Arc::default(),
             leases,
             supervisor: crate::supervisor::Supervisor::new(listen, grace),
+            chats: crate::chat_relay::ChatRelay::default(),
         });
         // The HTTP endpoints open after recovery (PROTOCOL.md §18).
         let mut http = Vec::new();
@@ -445,6 +446,9 @@ impl Daemon {
         }
         tracing::info!("stopping: closing connections");
         drop(listener);
+        // Chats end first: their callers are told "daemon shutting down" before the
+        // connections close (§13.3).
+        crate::chat_relay::ChatRelay::shutdown(&app).await;
         app.stopping.cancel();
         gc.abort();
         connections.close();

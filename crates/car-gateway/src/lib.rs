@@ -22,6 +22,7 @@
 //! - [`cli`]: the `car-server` command line.
 
 pub mod app;
+mod chat_relay;
 pub mod cli;
 pub mod config;
 mod connection;

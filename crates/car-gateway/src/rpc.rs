@@ -110,6 +110,8 @@ impl From<Refusal> for RpcError {
             Refusal::Memory(_) => RpcError::Internal(message),
             Refusal::Agent(agent) if agent.is_invalid_params() => RpcError::InvalidParams(message),
             Refusal::Agent(_) => RpcError::Internal(message),
+            Refusal::Chat(chat) if chat.is_invalid_params() => RpcError::InvalidParams(message),
+            Refusal::Chat(_) => RpcError::Internal(message),
         }
     }
 }

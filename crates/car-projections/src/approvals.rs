@@ -82,6 +82,9 @@ pub struct Approval {
     pub resolved_at: Option<DateTime<Utc>>,
     /// Its `approval.requested` event.
     pub requested_seq: Seq,
+    /// A chat's mirrored approval (§13.2): the chat's `session_id` and its caller's
+    /// session, who may see and resolve it like a host.
+    pub chat: Option<(String, Option<String>)>,
     /// The requesting session's current run (§14.5).
     pub run_id: Option<String>,
 }
@@ -90,6 +93,13 @@ pub struct Approval {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Approvals {
     approvals: BTreeMap<String, Approval>,
+}
+
+impl Approval {
+    /// The session of the caller of the chat this approval was mirrored from, if any.
+    pub fn chat_caller(&self) -> Option<&str> {
+        self.chat.as_ref().and_then(|(_, caller)| caller.as_deref())
+    }
 }
 
 impl Approvals {
@@ -102,6 +112,7 @@ impl Approvals {
             Event::ApprovalRequestedInRun(e) => {
                 self.request(&e.approval, Some(&e.run_id), seq, ts)?;
             }
+            Event::ApprovalRequestedInChat(e) => self.request(&e.approval, None, seq, ts)?,
             Event::ApprovalResolved(e) => {
                 let approval = self.pending(&e.approval_id)?;
                 if !approval.options.contains(&e.resolution) {
@@ -151,10 +162,18 @@ impl Approvals {
                 created_at: ts,
                 resolved_at: None,
                 requested_seq: seq,
+                chat: None,
                 run_id: run_id.cloned(),
             },
         );
         Ok(())
+    }
+
+    /// Links a just-requested approval to its chat (`approval.requested_in_chat`).
+    pub(crate) fn link_chat(&mut self, id: &str, session_id: &str, caller: Option<&String>) {
+        if let Some(approval) = self.approvals.get_mut(id) {
+            approval.chat = Some((session_id.to_owned(), caller.cloned()));
+        }
     }
 
     fn pending(&mut self, id: &str) -> Result<&mut Approval, Contradiction> {
@@ -276,7 +295,9 @@ pub(crate) fn resolve_approval(state: &State, c: &ResolveApproval) -> Result<Vec
             c.approval_id
         )));
     }
-    if !approval.system_level && !c.actor.has_host_rights() {
+    // A chat's mirrored approval (§13.2) may also be resolved by the chat's caller.
+    let chat_caller = approval.chat_caller() == Some(c.actor.client_id.as_str());
+    if !approval.system_level && !c.actor.has_host_rights() && !chat_caller {
         return Err(Refusal::Forbidden(format!(
             "only a host session may resolve approval {}",
             c.approval_id

@@ -277,6 +277,28 @@ impl Serialize for Canonical<'_> {
         if state.memory().scopes().next().is_some() {
             map.serialize_entry("memory", &MemoryDoc(state.memory()))?;
         }
+        // Chats (PROTOCOL.md §13), once one was ever started: the live routes and counts.
+        let (started, ended) = state.chats().totals();
+        if started > 0 {
+            let live: Vec<Value> = state
+                .chats()
+                .iter()
+                .map(|c| {
+                    json!({
+                        "session_id": c.session_id, "agent_id": c.agent_id,
+                        "agent_client_id": c.agent_client_id, "caller_client_id": c.caller_client_id,
+                        "caller_role": c.caller_role, "conversation_id": c.conversation_id,
+                        "started_at": ts(c.started_at), "started_seq": c.started_seq,
+                        "cancel_requested_by": c.cancel_requested_by, "terminal": c.terminal,
+                        "approvals": c.approvals,
+                    })
+                })
+                .collect();
+            map.serialize_entry(
+                "chats",
+                &json!({"started": started, "ended": ended, "live": live}),
+            )?;
+        }
         map.end()
     }
 }

@@ -19,6 +19,7 @@
 use car_events::event::{Event, ProposalFinished, ProposalSubmitted};
 
 pub use crate::agents::{AgentCommand, AgentRefusal};
+pub use crate::chats::{ChatCommand, ChatRefusal};
 
 pub use crate::approvals::{ExpireApproval, RequestApproval, ResolveApproval};
 use crate::approvals::{expire_approval, request_approval, resolve_approval};
@@ -120,6 +121,9 @@ pub enum Refusal {
     /// An agents refusal (`-32602` or `-32603`, see [`AgentRefusal::is_invalid_params`]).
     #[error(transparent)]
     Agent(#[from] AgentRefusal),
+    /// A chat refusal (`-32602` or `-32603`, see [`ChatRefusal::is_invalid_params`]).
+    #[error(transparent)]
+    Chat(#[from] ChatRefusal),
 }
 
 /// Every write of the protocol.
@@ -187,12 +191,15 @@ pub enum Command {
     MemoryPersisted(memory::RecordPersist),
     /// `agents.*` and the supervisor's records (PROTOCOL.md §12).
     Agent(AgentCommand),
+    /// `agents.chat*` and the relay's records (PROTOCOL.md §13).
+    Chat(ChatCommand),
 }
 
 /// Decides a command against the state.
 pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Refusal> {
     match command {
         Command::Agent(c) => Ok(crate::agents::decide::decide(state.registered_agents(), c)?),
+        Command::Chat(c) => Ok(crate::chats::decide::decide(state, c)?),
         Command::OpenSession(c) => Ok(open_session(c)),
         Command::OpenSessionOnGateway(c, gateway_id) => {
             let mut events = open_session(c);

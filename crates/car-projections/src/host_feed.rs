@@ -10,8 +10,8 @@
 //! disabled, else at `session.auth`) and "closes" only if it had opened.
 
 use car_events::event::{
-    ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved, Event, Role,
-    SessionClosed, SessionOpened, Termination,
+    ApprovalExpired, ApprovalRequested, ApprovalRequestedInChat, ApprovalRequestedInRun,
+    ApprovalResolved, Event, Role, SessionClosed, SessionOpened, Termination,
 };
 use car_events::{Envelope, format_ts};
 use serde_json::{Map, Value, json};
@@ -30,10 +30,13 @@ pub fn is_host_event(event: &Event) -> bool {
         | Event::RunEvicted(_)
         | Event::ApprovalRequested(_)
         | Event::ApprovalRequestedInRun(_)
+        | Event::ApprovalRequestedInChat(_)
         | Event::ApprovalResolved(_)
         | Event::ApprovalExpired(_)
         | Event::AgentRemoved(_)
-        | Event::AgentStatusChanged(_) => true,
+        | Event::AgentStatusChanged(_)
+        | Event::ChatStarted(_)
+        | Event::ChatRouteDropped(_) => true,
         // The first upsert of an id (the one that mints its token) registers it; later
         // ones replace its spec, which hosts are not told about (§12.4 names no kind).
         Event::AgentUpserted(e) => e.token_sha256.is_some(),
@@ -73,6 +76,10 @@ fn approval_as_of(state: &State, env: &Envelope) -> Option<Approval> {
     let (id, status, resolution) = match &env.event {
         Event::ApprovalRequested(ApprovalRequested { approval_id, .. })
         | Event::ApprovalRequestedInRun(ApprovalRequestedInRun {
+            approval: ApprovalRequested { approval_id, .. },
+            ..
+        })
+        | Event::ApprovalRequestedInChat(ApprovalRequestedInChat {
             approval: ApprovalRequested { approval_id, .. },
             ..
         }) => (approval_id, ApprovalStatus::Pending, None),
@@ -184,6 +191,7 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
         ),
         Event::ApprovalRequested(_)
         | Event::ApprovalRequestedInRun(_)
+        | Event::ApprovalRequestedInChat(_)
         | Event::ApprovalResolved(_)
         | Event::ApprovalExpired(_) => {
             let approval = approval_as_of(state, env)?;
@@ -229,6 +237,26 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
             format!("agent {} {} ({})", e.agent_id, e.status.as_str(), e.reason),
             json!({"id": e.agent_id, "status": e.status.as_str(), "reason": e.reason}),
         ),
+        // Chats (ext, §13.1): hosts hear of them; the prompt stays in the log.
+        Event::ChatStarted(e) => (
+            "chat.started",
+            Some(e.agent_id.clone()),
+            format!("chat {} started with agent {}", e.session_id, e.agent_id),
+            json!({
+                "session_id": e.session_id,
+                "agent_id": e.agent_id,
+                "conversation_id": e.conversation_id,
+                "caller_role": e.caller_role,
+                "attachments": e.attachments,
+                "stream": e.stream,
+            }),
+        ),
+        Event::ChatRouteDropped(e) => (
+            "chat.ended",
+            None,
+            format!("chat {} ended ({})", e.session_id, e.reason),
+            json!({"session_id": e.session_id, "reason": e.reason}),
+        ),
         _ => return None,
     };
     let mut out = Map::new();
@@ -245,10 +273,12 @@ pub fn host_event(state: &State, env: &Envelope) -> Option<Value> {
 }
 
 /// Whether `actor` may see an approval: hosts see all; others see what they asked for,
-/// what concerns their agent, and system-level approvals (which any session may resolve).
+/// what concerns their agent, system-level approvals (which any session may resolve) and
+/// the approvals mirrored from their own chats (which they may resolve, §13.2).
 pub fn approval_visible(actor: &Actor, approval: &Approval) -> bool {
     actor.has_host_rights()
         || approval.system_level
+        || approval.chat_caller() == Some(actor.client_id.as_str())
         || approval.requester.as_deref() == Some(actor.client_id.as_str())
         || (approval.agent_id.is_some() && approval.agent_id.as_deref() == actor.bound_agent())
 }
@@ -282,6 +312,10 @@ pub fn visible(actor: &Actor, state: &State, env: &Envelope) -> bool {
         Event::RunEvicted(e) => own_agent(&e.agent_id),
         Event::ApprovalRequested(ApprovalRequested { approval_id, .. })
         | Event::ApprovalRequestedInRun(ApprovalRequestedInRun {
+            approval: ApprovalRequested { approval_id, .. },
+            ..
+        })
+        | Event::ApprovalRequestedInChat(ApprovalRequestedInChat {
             approval: ApprovalRequested { approval_id, .. },
             ..
         })

@@ -17,6 +17,8 @@
 //!   their BM25 index, their decisions, `query` and `build_context`;
 //! - [`agents`]: registered agents (PROTOCOL.md §12) as their own slice: specs, tokens'
 //!   hashes, supervision status, their decisions and the supervisor's pure restart rule;
+//! - [`chats`]: chats relayed to attached agents (PROTOCOL.md §13): the live routes, the
+//!   approvals mirrored from them, `agents.chat`'s checks and every way a chat ends;
 //! - [`access`]: who is asking ([`Actor`]);
 //! - [`timeline`]: a run's timeline for the dashboard (turns, tool calls, approvals);
 //! - [`synth`]: realistic synthetic histories for benchmarks and soak tests.
@@ -25,6 +27,7 @@ pub mod access;
 pub mod agents;
 pub mod approvals;
 pub mod canonical;
+pub mod chats;
 pub mod decide;
 pub mod gateways;
 pub mod halts;

@@ -5,7 +5,7 @@
 //! Applying the events and calling the function again returns nothing, so a recovery that
 //! a crash interrupted simply completes at the next start, without duplicates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use car_events::JsonText;
 use car_events::event::{
@@ -17,6 +17,8 @@ use car_events::event::{
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
+use crate::chats::Ending;
+use crate::chats::decide::ending_events;
 use crate::proposal_result::ResultBuilder;
 use crate::state::{ApprovalStatus, MAX_TURNS_PER_RUN, Proposal, Run, State, ToolCall};
 use crate::turns;
@@ -173,13 +175,26 @@ pub(crate) fn abandon_live(
             }));
         }
     }
+    let mut expired = BTreeSet::new();
     for approval in state.approvals() {
         let asked_by_mine = approval.requester.as_deref().map_or(unattributed, mine);
         if approval.status == ApprovalStatus::Pending && asked_by_mine {
+            expired.insert(approval.id.clone());
             events.push(Event::ApprovalExpired(ApprovalExpired {
                 approval_id: approval.id.clone(),
                 reason: why.into(),
             }));
+        }
+    }
+    // Chats whose agent or caller was one of these sessions lose their route (§13.3).
+    let ending = if reason == IncompleteReason::DaemonShutdown {
+        Ending::DaemonShutdown
+    } else {
+        Ending::DaemonRestart
+    };
+    for chat in state.chats().iter() {
+        if mine(&chat.agent_client_id) || chat.caller_client_id.as_deref().is_some_and(mine) {
+            events.extend(ending_events(state, &chat.session_id, &ending, &expired));
         }
     }
     events

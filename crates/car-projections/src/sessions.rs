@@ -293,6 +293,23 @@ pub(crate) fn close_session(state: &State, c: &CloseSession) -> Vec<Event> {
             }));
         }
     }
+    // The relay ends a leaving session's chats itself (telling the other side); what it
+    // could not record ends here, so no route outlives either of its sessions (§13.3).
+    for chat in state.chats().iter() {
+        let ending = if chat.agent_client_id == c.client_id {
+            crate::chats::Ending::AgentDisconnect
+        } else if chat.caller_client_id.as_deref() == Some(c.client_id.as_str()) {
+            crate::chats::Ending::CallerDisconnect
+        } else {
+            continue;
+        };
+        events.extend(crate::chats::decide::ending_events(
+            state,
+            &chat.session_id,
+            &ending,
+            &Default::default(),
+        ));
+    }
     let session = state.session(&c.client_id);
     events.push(Event::SessionClosed(SessionClosed {
         client_id: c.client_id.clone(),

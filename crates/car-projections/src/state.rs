@@ -29,6 +29,7 @@ use crate::access::Actor;
 use crate::agents::{Agent, Agents};
 use crate::approvals::Approvals;
 pub use crate::approvals::{Approval, ApprovalStatus};
+use crate::chats::Chats;
 use crate::gateways::Gateways;
 use crate::memory::Memory;
 pub use crate::proposals::Proposal;
@@ -222,6 +223,9 @@ pub enum Contradiction {
     /// An agent event that contradicts the registered agents.
     #[error(transparent)]
     Agent(#[from] crate::agents::AgentContradiction),
+    /// A chat event that does not follow (PROTOCOL.md §13).
+    #[error(transparent)]
+    Chat(#[from] crate::chats::ChatContradiction),
 }
 
 /// The state of the daemon at a position of its log.
@@ -246,6 +250,8 @@ pub struct State {
     gateways: Gateways,
     /// Registered agents (PROTOCOL.md §12), folded by [`Agents::apply`].
     registered_agents: Agents,
+    /// Chats routed now (PROTOCOL.md §13), folded by [`Chats::apply`].
+    chats: Chats,
 }
 
 impl Fold for State {
@@ -394,6 +400,25 @@ impl State {
             | Event::AgentProcessExited(_)
             | Event::AgentBackoffScheduled(_)
             | Event::AgentStatusChanged(_) => self.registered_agents.apply(env)?,
+            Event::ChatStarted(_)
+            | Event::ChatCancelRequested(_)
+            | Event::ChatTerminal(_)
+            | Event::ChatRouteDropped(_) => self.chats.apply(env)?,
+            Event::ApprovalRequestedInChat(e) => {
+                if self.chats.get(&e.session_id).is_none() {
+                    return Err(
+                        crate::chats::ChatContradiction::NotRouted(e.session_id.clone()).into(),
+                    );
+                }
+                self.approvals.apply(env)?;
+                self.chats.apply(env)?;
+                let caller = self
+                    .chats
+                    .get(&e.session_id)
+                    .and_then(|c| c.caller_client_id.as_ref());
+                self.approvals
+                    .link_chat(&e.approval.approval_id, &e.session_id, caller);
+            }
         }
         let sessions = &self.sessions;
         self.gateways
@@ -436,6 +461,11 @@ impl State {
     /// A registered agent (PROTOCOL.md §12).
     pub fn registered_agent(&self, agent_id: &str) -> Option<&Agent> {
         self.registered_agents.get(agent_id)
+    }
+
+    /// The chats routed now (PROTOCOL.md §13).
+    pub fn chats(&self) -> &Chats {
+        &self.chats
     }
 
     /// The registered agents slice, for its decisions and reads.

@@ -2,7 +2,9 @@
 //! (PROTOCOL.md §12). It does what its first argument says:
 //! - `serve`: reads `CAR_AGENT_ID`, `CAR_AGENT_TOKEN` and `CAR_SERVER_URL`, authenticates
 //!   with its own token, prints what it saw (stdout) and a line on stderr, then stays
-//!   connected until it is signalled;
+//!   connected until it is signalled, answering chats (PROTOCOL.md §13): it acknowledges
+//!   `agent.chat`, streams each word of the prompt as a `token` event and ends with
+//!   `done` (its `text` the prompt), and notes each `agent.chat.cancel` on stderr;
 //! - `crash`: prints a line on stderr and exits with code 3 at once;
 //! - `exit0`: prints a line and exits with code 0.
 
@@ -83,9 +85,47 @@ async fn serve() -> std::process::ExitCode {
     loop {
         match client.next_frame().await {
             Ok(car_tests::Frame::Closed(_)) => return std::process::ExitCode::from(6),
+            Ok(car_tests::Frame::Json(message)) => {
+                if chat(&mut client, &message).await.is_err() {
+                    return std::process::ExitCode::from(6);
+                }
+            }
             Ok(_) => {}
             Err(err) if err.to_string().starts_with("no frame within") => {}
             Err(_) => return std::process::ExitCode::from(6),
         }
     }
+}
+
+/// Answers one message of the chat relay, if it is one.
+async fn chat(client: &mut Client, message: &serde_json::Value) -> anyhow::Result<()> {
+    let params = &message["params"];
+    match message["method"].as_str() {
+        Some("agent.chat") => {
+            let session_id = params["session_id"].clone();
+            let prompt = params["prompt"].as_str().unwrap_or_default().to_owned();
+            client
+                .send_json(
+                    &json!({"jsonrpc": "2.0", "id": message["id"], "result": {"accepted": true}}),
+                )
+                .await?;
+            for word in prompt.split_whitespace() {
+                client
+                    .notify(
+                        "agent.chat.event",
+                        json!({"session_id": session_id, "kind": "token", "text": word}),
+                    )
+                    .await?;
+            }
+            client
+                .notify(
+                    "agent.chat.event",
+                    json!({"session_id": session_id, "kind": "done", "finish_reason": "stop", "text": prompt}),
+                )
+                .await?;
+        }
+        Some("agent.chat.cancel") => eprintln!("chat cancelled {}", params["session_id"]),
+        _ => {}
+    }
+    Ok(())
 }

@@ -38,7 +38,9 @@ use car_events::codec;
 use car_events::event::{
     AgentBackoffScheduled, AgentExit, AgentProcessExited, AgentProcessSpawned, AgentRemoved,
     AgentStartRequested, AgentStatus, AgentStatusChanged, AgentStopRequested, AgentTokenRotated,
-    AgentUpserted, ApprovalExpired, ApprovalRequested, ApprovalRequestedInRun, ApprovalResolved,
+    AgentUpserted, ApprovalExpired, ApprovalRequested, ApprovalRequestedInChat,
+    ApprovalRequestedInRun, ApprovalResolved, ChatCancelRequested, ChatRouteDropped, ChatStarted,
+    ChatTerminal,
     DaemonRecovered, DaemonStarted, DaemonStopped, EvictionReason, FactRemoval, GatewayLost,
     HaltCleared, IncompleteReason, MemoryFact, MemoryFactAdded, MemoryFactDeleted,
     MemoryScopeLoaded, MemoryScopePersisted, ProposalActionFinished, ProposalFinished,
@@ -86,6 +88,7 @@ fn generator(version: u32) -> Option<fn() -> Vec<Envelope>> {
         6 => Some(golden_v6),
         7 => Some(golden_v7),
         8 => Some(golden_v8),
+        9 => Some(golden_v9),
         _ => None,
     }
 }
@@ -1816,6 +1819,138 @@ fn golden_v8() -> Vec<Envelope> {
     stamp("2026-12-08T14:00:00.000Z", 20_261_208, events)
 }
 
+/// Chats (PROTOCOL.md §13): a client's chat that streams to its end with an approval
+/// mirrored and resolved, one cancelled by its caller with an approval expiring with it,
+/// one refused by the agent, an A2A-started one (no caller session) and one the daemon's
+/// restart dropped.
+fn golden_v9() -> Vec<Envelope> {
+    let opened = |client: &str| {
+        Event::from(SessionOpened {
+            client_id: s(client),
+            peer: s("127.0.0.1:53210"),
+            role: None,
+            agent_id: None,
+        })
+    };
+    let authenticated = |client: &str, role: Role, agent: Option<String>| {
+        Event::from(SessionAuthenticated {
+            client_id: s(client),
+            role,
+            agent_id: agent,
+        })
+    };
+    let started = |session: &str, caller: Option<String>, role: &str, model: Option<String>| {
+        Event::from(ChatStarted {
+            session_id: s(session),
+            agent_id: s("agent-writer"),
+            agent_client_id: s("sess-agent"),
+            caller_client_id: caller,
+            caller_role: s(role),
+            conversation_id: format!("session:{session}"),
+            prompt: s("Draft the release notes for 0.9"),
+            prompt_bytes: 31,
+            attachments: u32::from(model.is_some()),
+            stream: true,
+            model,
+        })
+    };
+    let terminal = |session: &str, kind: &str, reason: Option<String>, error: Option<String>| {
+        Event::from(ChatTerminal {
+            session_id: s(session),
+            kind: s(kind),
+            finish_reason: reason,
+            error,
+        })
+    };
+    let dropped = |session: &str, reason: &str| {
+        Event::from(ChatRouteDropped {
+            session_id: s(session),
+            reason: s(reason),
+        })
+    };
+    let mirrored = |id: &str, session: &str, tool: &str| {
+        Event::from(ApprovalRequestedInChat {
+            approval: ApprovalRequested {
+                approval_id: s(id),
+                client_id: some("sess-agent"),
+                agent_id: some("agent-writer"),
+                action: format!("chat:{tool}"),
+                details: j(json!({"source": "chat", "session_id": session,
+                                  "params_preview": "{\"path\":\"NOTES.md\"}"})),
+                options: vec![s("approve"), s("deny")],
+                system_level: false,
+            },
+            session_id: s(session),
+        })
+    };
+    let events = vec![
+        (
+            0,
+            Event::from(DaemonStarted {
+                version: s("0.9.0"),
+                pid: 9090,
+                data_dir: s("/var/lib/car"),
+                listen: s("127.0.0.1:9100"),
+            }),
+        ),
+        (40, opened("sess-agent")),
+        (3, authenticated("sess-agent", Role::Agent, some("agent-writer"))),
+        (900, opened("sess-ui")),
+        (2, authenticated("sess-ui", Role::Client, None)),
+        (120, started("chat-1", some("sess-ui"), "client", some("gpt-x"))),
+        (1_800, mirrored("chat-appr-1", "chat-1", "write_file")),
+        (
+            4_000,
+            Event::from(ApprovalResolved {
+                approval_id: s("chat-appr-1"),
+                resolution: s("approve"),
+                client_id: some("sess-ui"),
+            }),
+        ),
+        (2_500, terminal("chat-1", "done", some("stop"), None)),
+        (0, dropped("chat-1", "terminal")),
+        (300, started("chat-2", some("sess-ui"), "client", None)),
+        (700, mirrored("chat-appr-2", "chat-2", "send_mail")),
+        (
+            2_000,
+            Event::from(ChatCancelRequested {
+                session_id: s("chat-2"),
+                by: s("client:sess-ui"),
+            }),
+        ),
+        (0, terminal("chat-2", "error", None, some("chat cancelled"))),
+        (
+            0,
+            Event::from(ApprovalExpired {
+                approval_id: s("chat-appr-2"),
+                reason: s("chat_ended"),
+            }),
+        ),
+        (0, dropped("chat-2", "cancelled")),
+        (500, started("chat-3", some("sess-ui"), "client", None)),
+        (5_000, dropped("chat-3", "ack_failed")),
+        (1_000, started("task-7f3a", None, "a2a", None)),
+        (
+            3_000,
+            terminal("task-7f3a", "auth_required", None, some("sign in to the mail account")),
+        ),
+        (0, dropped("task-7f3a", "terminal")),
+        (200, started("chat-4", some("sess-ui"), "client", None)),
+        // The daemon is SIGKILLed; the next one drops the chat it finds routed.
+        (
+            30_000,
+            Event::from(DaemonStarted {
+                version: s("0.9.0"),
+                pid: 9191,
+                data_dir: s("/var/lib/car"),
+                listen: s("127.0.0.1:9100"),
+            }),
+        ),
+        (5, dropped("chat-4", "daemon_restart")),
+    ];
+    stamp("2026-12-09T10:00:00.000Z", 20_261_209, events)
+}
+
 /// Puts the real receipt into each `run.cancellation_result`, from the request before it
 /// and the run's `ended` record (digested as `runs.get_trace` serves it).
 fn fill_receipts(envelopes: &mut [Envelope]) {
@@ -2292,6 +2427,45 @@ fn facets(event: &Event) -> Vec<(String, bool)> {
             opt("client_id", client_id.is_some()),
             opt("agent_id", agent_id.is_some()),
         ],
+        // A mirrored approval always names the agent's session and id; both sides of
+        // the nested request's options are held by `approval.requested` records.
+        Event::ApprovalRequestedInChat(ApprovalRequestedInChat {
+            approval: _,
+            session_id: _,
+        }) => vec![],
+        Event::ChatStarted(ChatStarted {
+            session_id: _,
+            agent_id: _,
+            agent_client_id: _,
+            caller_client_id,
+            caller_role: _,
+            conversation_id: _,
+            prompt: _,
+            prompt_bytes: _,
+            attachments: _,
+            stream: _,
+            model,
+        }) => vec![
+            opt("caller_client_id", caller_client_id.is_some()),
+            opt("model", model.is_some()),
+        ],
+        Event::ChatTerminal(ChatTerminal {
+            session_id: _,
+            kind: _,
+            finish_reason,
+            error,
+        }) => vec![
+            opt("finish_reason", finish_reason.is_some()),
+            opt("error", error.is_some()),
+        ],
+        Event::ChatCancelRequested(ChatCancelRequested {
+            session_id: _,
+            by: _,
+        })
+        | Event::ChatRouteDropped(ChatRouteDropped {
+            session_id: _,
+            reason: _,
+        }) => vec![],
         Event::RunResumed(RunResumed {
             run_id: _,
             agent_id: _,
@@ -2513,7 +2687,7 @@ fn golden_fixtures_contain_every_nested_variant_and_both_sides_of_every_option()
         .filter(|(name, _)| !name.contains("::"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(options.len(), 23, "Option fields found: {options:?}");
+    assert_eq!(options.len(), 27, "Option fields found: {options:?}");
     for field in options {
         for set in [true, false] {
             assert!(

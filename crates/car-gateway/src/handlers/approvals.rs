@@ -79,6 +79,7 @@ pub(crate) async fn resolve(session: &mut Session, params: Value, responder: Res
     let app = session.app.clone();
     session.reply_when_durable(responder, queued, |approval_id, outcome| async move {
         outcome?;
+        crate::chat_relay::ChatRelay::forward_resolution(&app, &approval_id);
         approval(&app, &approval_id).await
     });
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod approvals;
+pub(crate) mod chat;
 pub(crate) mod host;
 pub(crate) mod log;
 pub(crate) mod memory;
@@ -147,6 +148,10 @@ pub(crate) async fn route(
         "agents.stop" => agents::stop(session, params, responder).await,
         "agents.restart" => agents::restart(session, params, responder).await,
         "agents.tail_log" => agents::tail_log(session, params, responder).await,
+        "agents.chat" => chat::chat(session, params, responder).await,
+        "agents.chat.cancel" => chat::cancel(session, params, responder).await,
+        "agents.chat.approve" => chat::approve(session, params, responder).await,
+        "agent.chat.event" => chat::event(session, params, responder).await,
         other => {
             responder
                 .send(Err(RpcError::MethodNotFound(other.to_owned())))

@@ -95,6 +95,17 @@ async fn authenticate(session: &mut Session, params: Value) -> Result<Value, Rpc
     // agent id), so it must be recorded now; a client's or host's may wait for a full disk
     // to clear, so that it can read meanwhile.
     session.record(command, role != Role::Agent).await?;
+    if let Some(agent_id) = &agent_id {
+        // Reachable for chats from now on (PROTOCOL.md §13).
+        app.chats.attach(
+            agent_id,
+            crate::chat_relay::AgentLink {
+                client_id: session.client_id.clone(),
+                out: session.out.clone(),
+                calls: session.tools.calls(),
+            },
+        );
+    }
     let mut actor = Actor::new(session.client_id.clone(), role, agent_id.clone());
     actor.unrestricted = !auth_enabled;
     session.actor = Some(actor);

@@ -398,9 +398,8 @@ async fn stats(State(d): State<Dashboard>) -> Result<Response, HttpError> {
                         .count(),
                     "attached": state.agents().count(),
                 },
-                // Chats and A2A tasks (§13, §15) are not served by this build yet: none
-                // exist, so none are counted.
-                "chats_active": 0,
+                "chats_active": state.chats().active(),
+                // A2A tasks (§15) are not served by this build yet: none exist.
                 "a2a_tasks_active": 0,
             })
         })

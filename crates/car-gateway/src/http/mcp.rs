@@ -646,6 +646,7 @@ async fn resolve(
         resolution: args.resolution,
     });
     app.execute(command, |_, _| ()).await??;
+    crate::chat_relay::ChatRelay::forward_resolution(app, &args.approval_id);
     approvals::approval(app, &args.approval_id).await
 }
 

@@ -81,7 +81,37 @@ pub enum Command {
     /// Show the registered agents (PROTOCOL.md §12) as they were at a seq.
     #[command(after_help = AGENTS_HELP)]
     Agents(AgentsArgs),
+    /// Every chat relayed to an agent (PROTOCOL.md §13): caller, terminal event, mirrored
+    /// approvals, why its route was dropped.
+    #[command(after_help = CHATS_HELP)]
+    Chats(ChatsArgs),
 }
+
+/// `chats`.
+#[derive(Debug, Args)]
+pub struct ChatsArgs {
+    /// Read up to this seq [default: the end of the log].
+    #[arg(long, value_name = "SEQ")]
+    pub to: Option<Seq>,
+    /// Only the chats of this agent.
+    #[arg(long, value_name = "ID")]
+    pub agent: Option<String>,
+    /// JSON: `{seq, chats: [{session_id, agent_id, caller_role, caller_client_id,
+    /// conversation_id, prompt, prompt_bytes, attachments, started_seq, started_at,
+    /// cancelled_by, terminal, finish_reason, error, approvals: [{approval_id, action,
+    /// outcome}], ended, ended_at}]}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const CHATS_HELP: &str = "\
+ENDED is why the chat's route was dropped (terminal, cancelled, ack_failed,
+agent_disconnect, caller_disconnect, idle_timeout, overflow, daemon_shutdown,
+daemon_restart), or `live`. The log keeps a chat's start, cancellation, terminal event,
+route drop and approvals, never the relayed events themselves. `car-replay events --chat
+ID` prints one chat's events.
+
+Exit codes: see `car-replay --help`.";
 
 /// `export`.
 #[derive(Debug, Args)]
@@ -223,6 +253,10 @@ pub struct EventsArgs {
     /// Only what belongs to this session (client id).
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
+    /// Only what belongs to this chat (its `session_id`, PROTOCOL.md §13): its `chat.*`
+    /// events, the approvals mirrored from it and their resolutions or expiries.
+    #[arg(long, value_name = "ID")]
+    pub chat: Option<String>,
     /// Only memory events of this scope (`shared`, `ns:<namespace>`, `agent:<agent_id>`).
     #[arg(long, value_name = "SCOPE", value_parser = parse_scope)]
     pub scope: Option<Scope>,

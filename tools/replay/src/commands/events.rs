@@ -4,7 +4,7 @@
 //! Filters on the event alone (seq range, time range, kind) and the rendering run on the
 //! scan's worker threads. `--run` and `--session` need what came before (which tool
 //! calls a run dispatched, which approvals its owner asked for), so they are followed in
-//! order on the main thread ([`RunFilter`], [`SessionFilter`]).
+//! order on the main thread ([`RunFilter`], [`SessionFilter`], [`ChatFilter`]).
 //!
 //! A damaged record is skipped with a message on stderr, and the command ends with exit
 //! code 4 (a damaged *last* record, a torn write the daemon drops, only warns).
@@ -57,7 +57,7 @@ pub fn run(log: &OpenLog, context: &Context, args: &EventsArgs) -> Result<Exit, 
         )));
     }
     let head = log.log.head();
-    let stateful = args.run.is_some() || args.session.is_some();
+    let stateful = args.run.is_some() || args.session.is_some() || args.chat.is_some();
     // Order-dependent filters must see every event from the start of the log: a run's
     // tool calls are known from its dispatches, which may come before `--from`.
     let scan_from = if stateful { 1 } else { from };
@@ -76,6 +76,7 @@ pub fn run(log: &OpenLog, context: &Context, args: &EventsArgs) -> Result<Exit, 
     );
     let mut run_filter = args.run.as_deref().map(RunFilter::new);
     let mut session_filter = args.session.as_deref().map(SessionFilter::new);
+    let mut chat_filter = args.chat.as_deref().map(ChatFilter::new);
     let mut out = Out::new();
     let mut damaged = 0u64;
     let mut failure = None;
@@ -115,7 +116,8 @@ pub fn run(log: &OpenLog, context: &Context, args: &EventsArgs) -> Result<Exit, 
                 Mapped::Event(env, passes) => {
                     let by_run = run_filter.as_mut().is_none_or(|f| f.keep(&env));
                     let by_session = session_filter.as_mut().is_none_or(|f| f.keep(&env));
-                    if passes && by_run && by_session {
+                    let by_chat = chat_filter.as_mut().is_none_or(|f| f.keep(&env));
+                    if passes && by_run && by_session && by_chat {
                         out.json_line(&EventJson::from_envelope(&env))
                     } else {
                         Ok(())
@@ -350,5 +352,38 @@ impl SessionFilter {
             _ => {}
         }
         named
+    }
+}
+
+/// Follows one chat through the log: its `chat.*` events, the approvals mirrored from it
+/// (`approval.requested_in_chat`) and their resolutions or expiries.
+#[derive(Debug)]
+pub struct ChatFilter {
+    session_id: String,
+    approvals: HashSet<String>,
+}
+
+impl ChatFilter {
+    /// Follows the chat `session_id`.
+    pub fn new(session_id: &str) -> Self {
+        Self {
+            session_id: session_id.to_owned(),
+            approvals: HashSet::new(),
+        }
+    }
+
+    /// Whether `env` belongs to the chat (called for every event, in log order).
+    pub fn keep(&mut self, env: &Envelope) -> bool {
+        match &env.event {
+            Event::ApprovalResolved(e) => self.approvals.contains(&e.approval_id),
+            Event::ApprovalExpired(e) => self.approvals.contains(&e.approval_id),
+            event if event.chat_session() == Some(self.session_id.as_str()) => {
+                if let Event::ApprovalRequestedInChat(e) = event {
+                    self.approvals.insert(e.approval.approval_id.clone());
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! anything that stops it early is an [`Error`].
 
 pub mod agents;
+pub mod chats;
 pub mod events;
 pub mod memory;
 pub mod runs;
@@ -104,6 +105,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Memory(args) => memory::run(&log, &context, &args),
         Command::Export(_) => Ok(Exit::Ok),
         Command::Agents(args) => agents::run(&log, &context, &args),
+        Command::Chats(args) => chats::run(&log, &context, &args),
     };
     if copy.is_some() {
         // The copy is removed: its log must be closed first.

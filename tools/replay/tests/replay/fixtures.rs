@@ -45,6 +45,12 @@ pub(crate) fn golden_v8_records() -> Vec<(Seq, Vec<u8>)> {
     golden_records_of(8)
 }
 
+/// The golden-v9 fixture of car-events (chats: streamed to the end with an approval,
+/// cancelled, refused, started by A2A, dropped by a restart).
+pub(crate) fn golden_v9_records() -> Vec<(Seq, Vec<u8>)> {
+    golden_records_of(9)
+}
+
 /// The golden-v2 fixture's JSON rendering, one line per record.
 pub(crate) fn golden_v2_jsonl() -> String {
     std::fs::read_to_string(car_events_fixture("golden-v2.jsonl")).unwrap()
@@ -115,6 +121,11 @@ impl DataDir {
     /// A data directory holding the golden-v8 log (registered agents).
     pub(crate) fn golden_v8() -> Self {
         Self::with_records(&golden_v8_records())
+    }
+
+    /// A data directory holding the golden-v9 log (chats).
+    pub(crate) fn golden_v9() -> Self {
+        Self::with_records(&golden_v9_records())
     }
 
     /// A data directory holding `envelopes`, encoded.

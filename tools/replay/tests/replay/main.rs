@@ -3,6 +3,7 @@
 //! module per area.
 
 mod agents;
+mod chats;
 mod cluster;
 mod daemon;
 mod damage;

@@ -3,8 +3,8 @@
 //! - [`support`], [`gwt`], [`scenario`]: the shared vocabulary (fixed times, event and
 //!   command constructors), the given/when/then harness of the decision tables, and a
 //!   deterministic little daemon that writes whole logs;
-//! - [`sessions`], [`runs`], [`approvals`], [`subscriptions`]: every decision and refusal of
-//!   the contract as given/when/then tables;
+//! - [`sessions`], [`runs`], [`approvals`], [`subscriptions`], [`chats`]: every decision
+//!   and refusal of the contract as given/when/then tables;
 //! - [`apply`]: the fold refuses contradictions (naming the seq) and is unchanged by them;
 //!   the refusal messages are the contract's;
 //! - [`recovery`]: start-up recovery, retention and shutdown, event by event;
@@ -21,6 +21,7 @@
 mod agents;
 mod apply;
 mod approvals;
+mod chats;
 mod determinism;
 mod gateways;
 mod golden;
